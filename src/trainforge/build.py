@@ -1,0 +1,96 @@
+"""cfg -> objects, in one visible order. The only caller of ``hydra.utils.instantiate``."""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from trainforge.data import EpochSampler
+from trainforge.engine import distributed as dist
+from trainforge.engine.amp import Precision
+from trainforge.engine.checkpoint import CheckpointManager
+from trainforge.engine.hooks import CheckpointHook, EvalHook, LoggingHook, PlateauHook
+from trainforge.engine.rng import seed_everything
+from trainforge.engine.trainer import BaseTrainer
+from trainforge.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: the job's first visible GPU if there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"trainer.device={name}: allowed values are auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name}: no CUDA GPU is visible to this process")
+    return device
+
+
+def set_determinism(enabled: bool, threads) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def available_metrics(loss_fn, metrics) -> list:
+    """Every epoch-record column a monitor may name."""
+    train = ["train_loss", "train_loss_min", "train_loss_max", "train_grad_norm"]
+    train += [f"train_{c}" for c in loss_fn.component_names]
+    val = ["val_loss", *(f"val_{c}" for c in loss_fn.component_names), *(f"val_{m}" for m in metrics.names)]
+    return val + train
+
+
+def check_monitor(key: str, name: str, available: list) -> None:
+    if name not in available:
+        raise ConfigError(f"{key}={name}: not a metric of this experiment; available: {', '.join(available)}")
+
+
+def build(cfg, run_dir) -> BaseTrainer:
+    """Build the trainer for ``cfg`` writing into ``run_dir``. Order: determinism, device,
+    seed, data, loaders, model, loss, optimizer, scheduler, precision, hooks, trainer."""
+    t = cfg.trainer
+    set_determinism(t.deterministic, t.threads)
+    device = resolve_device(t.device)
+    seed_everything(cfg.seed)
+
+    data = instantiate(cfg.data)
+    train_set, val_set = data.train_set(), data.val_set()
+    sampler = EpochSampler(len(train_set), seed=cfg.seed, shuffle=data.shuffle,
+                           rank=dist.rank(), world_size=dist.world_size())
+    loader_args = dict(batch_size=data.batch_size, num_workers=data.num_workers, pin_memory=data.pin_memory,
+                       persistent_workers=data.num_workers > 0, collate_fn=data.collate_fn)
+    # the loader's own generator keeps worker seeding off the global RNG (exact resume)
+    train_loader = DataLoader(train_set, sampler=sampler, generator=torch.Generator().manual_seed(cfg.seed),
+                              **loader_args)
+    val_loader = DataLoader(val_set, shuffle=False, **loader_args)
+
+    model = instantiate(cfg.model).to(device)
+    loss_fn = instantiate(cfg.loss).to(device)
+    optimizer = instantiate(cfg.optimizer, _convert_="all")(model.parameters())
+    steps_per_epoch = math.ceil(len(train_loader) / t.grad_accum)
+    scheduler = instantiate(cfg.scheduler, _convert_="all")(optimizer, steps_per_epoch=steps_per_epoch,
+                                                            epochs=t.epochs)
+    precision = Precision(t.precision, device)
+    metrics = data.metrics()
+
+    ck = cfg.checkpoint
+    available = available_metrics(loss_fn, metrics)
+    check_monitor("checkpoint.monitor", ck.monitor, available)
+    hooks = [EvalHook(val_loader, metrics),
+             LoggingHook(run_dir, cfg.log.interval, cfg.log.progress, cfg.log.batch_metrics)]
+    if hasattr(scheduler, "observe"):
+        check_monitor("scheduler.monitor", scheduler.monitor, available)
+        hooks.append(PlateauHook())
+    manager = CheckpointManager(run_dir, ck.save_freq, ck.keep_last_n, ck.top_k, ck.monitor, ck.mode)
+    hooks.append(CheckpointHook(manager, OmegaConf.to_yaml(cfg, resolve=True), ck.save_optimizer, ck.every_n_steps))
+    return BaseTrainer(model, optimizer, scheduler, loss_fn, train_loader, sampler, precision, device,
+                       epochs=t.epochs, grad_accum=t.grad_accum, clip_grad=t.clip_grad, hooks=hooks)

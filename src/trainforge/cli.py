@@ -1,0 +1,83 @@
+"""Command-line glue: the run-directory resolver and one-line errors for ``train.py``."""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from trainforge.errors import TrainforgeError
+
+USER_ERRORS = (TrainforgeError, HydraException, OmegaConfBaseException)
+
+
+def run_dir_for(resume, default: str) -> str:
+    """The run directory for ``hydra.run.dir``: a resumed run continues in its own directory.
+
+    ``resume`` may be a checkpoint file (its run directory is the folder holding it, or
+    the parent of ``checkpoints/``), a run directory, ``auto`` or null (a new directory).
+    A path that does not exist also gets a new directory; ``run`` then reports it.
+    """
+    if resume in (None, "", "auto"):
+        return default
+    path = Path(str(resume)).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.is_file():
+        parent = path.parent
+        return str(parent.parent if parent.name == "checkpoints" else parent)
+    return default
+
+
+OmegaConf.register_new_resolver("tf_run_dir", run_dir_for, replace=True)
+
+
+def one_line(exc: BaseException) -> str:
+    """Condense a config or user error (and its causes) into one readable line."""
+    if isinstance(exc, TrainforgeError):
+        return str(exc)
+    chain, seen = [], exc
+    while seen is not None:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for err in chain:  # OmegaConf errors know the full key: name it first
+        key = getattr(err, "full_key", None)
+        msg = getattr(err, "msg", None)
+        if key and msg:
+            return f"{key}: {msg.splitlines()[0]}"
+    text = str(exc)
+    missing = re.search(r"Could not find '([^']+)'", text)
+    if missing:
+        group, _, choice = missing.group(1).rpartition("/")
+        options = [o.strip() for o in re.findall(r"^\t(\S+)$", text, re.M)]
+        options = [o for o in options if not o.endswith("_schema")]
+        if group:
+            return f"{group}={choice}: no such option; available: {', '.join(options) or 'none'}"
+        return f"config '{choice}' not found"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " ".join(lines[:2]) if lines else type(exc).__name__
+
+
+def guarded(main) -> None:
+    """Run a ``@hydra.main`` function; print user errors as one line and exit 2.
+
+    Unexpected errors also print one line (their traceback is in ``training.log``) unless
+    the user set ``HYDRA_FULL_ERROR=1``, which shows every traceback as Hydra does.
+    """
+    full = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the point is to catch everything at the door
+        if full:
+            raise
+        hint = "" if isinstance(exc, USER_ERRORS) else f" ({type(exc).__name__}; " \
+            "HYDRA_FULL_ERROR=1 shows the traceback)"
+        print(f"trainforge: error: {one_line(exc)}{hint}", file=sys.stderr)
+        sys.exit(2)

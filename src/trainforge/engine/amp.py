@@ -1,0 +1,66 @@
+"""Precision: the autocast context, the GradScaler (fp16 only) and their state."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from trainforge.errors import ConfigError
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(mode: str, device: torch.device) -> str:
+    """auto: bf16 on a CUDA GPU that supports it, fp32 otherwise."""
+    if mode != "auto":
+        return mode
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+class Precision:
+    """The one step calls ``autocast()``, ``backward(loss)``, ``unscale_(opt)`` and
+    ``step(opt) -> bool`` (False when the fp16 scaler skipped the update). fp16 works on
+    CPU too (torch's CPU autocast and GradScaler), which is how CI exercises it."""
+
+    def __init__(self, mode: str, device: torch.device):
+        self.mode = resolve_precision(mode, device)
+        if self.mode not in DTYPES:
+            raise ConfigError(f"trainer.precision={mode}: allowed values are auto, fp32, bf16, fp16")
+        if self.mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("trainer.precision=bf16: this GPU does not support bf16; use fp16 or fp32")
+        self.device_type, self.dtype = device.type, DTYPES[self.mode]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.mode == "fp16")
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def unscale_(self, optimizer) -> None:
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer) -> bool:
+        """Apply the update; report whether it happened (fp16 skips on inf/NaN gradients).
+
+        GradScaler.step already reads found_inf on the host, so reading the scale here
+        adds no extra wait on fp16; fp32/bf16 never read anything."""
+        if not self.scaler.is_enabled():
+            optimizer.step()
+            return True
+        scale = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return self.scaler.get_scale() >= scale
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.scaler.load_state_dict(state)

@@ -1,0 +1,171 @@
+"""The periodic side effects of training, as hooks run in list order.
+
+``build`` installs them as [EvalHook, LoggingHook, PlateauHook, CheckpointHook]:
+validation first so the epoch record has its val metrics; logging next, which writes the
+epoch record into ``trainer.history`` and the CSV/JSON files; plateau decides from that
+record; the checkpoint comes last so it carries the complete history.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from trainforge.engine import distributed as dist
+from trainforge.engine.checkpoint import CheckpointManager, LATEST
+from trainforge.engine.logging import LOGGER, BatchCSV, batch_line, epoch_block, flatten, write_epoch_files
+from trainforge.engine.rng import RNGState
+from trainforge.engine.trainer import HookBase
+
+log = logging.getLogger(LOGGER)
+
+
+class EvalHook(HookBase):
+    """After each epoch: the validation loss (sample-weighted mean), its components and
+    the data's metrics, into ``trainer.val_metrics`` ({"loss": .., "dice": .., ...})."""
+
+    def __init__(self, loader, metrics):
+        self.loader, self.metrics = loader, metrics
+
+    @torch.no_grad()
+    def after_epoch(self) -> None:
+        t = self.trainer
+        t.model.eval()
+        self.metrics.reset()
+        sums = torch.zeros(1 + len(t.component_names), dtype=torch.float64, device=t.device)
+        for inputs, target in self.loader:
+            inputs, target = inputs.to(t.device, non_blocking=True), target.to(t.device, non_blocking=True)
+            with t.precision.autocast():
+                output = t.model(inputs)
+            loss, parts = t.loss_fn(output, target)
+            sums += torch.stack([loss, *(parts[k] for k in t.component_names)]).double() * len(inputs)
+            self.metrics.update(output, target)
+        count = float(len(self.loader.dataset))
+        values = (dist.all_reduce_sum(sums) / count).tolist()
+        t.val_metrics = {"loss": values[0], **dict(zip(t.component_names, values[1:])), **self.metrics.compute()}
+        t.model.train()
+
+
+class LoggingHook(HookBase):
+    """Batch lines (stdout every ``interval`` batches, training.log every batch), the epoch
+    block, ``epoch_metrics.csv``, ``metrics.json`` and optionally ``batch_metrics.csv``.
+
+    Batch values reach the host through the trainer's meter, one step late on a GPU, so
+    logging never stalls the step.
+    """
+
+    def __init__(self, run_dir, interval=1, progress=True, batch_metrics=False):
+        self.run_dir, self.interval, self.progress = Path(run_dir), interval, progress
+        self.batch_metrics, self.batch_csv = batch_metrics, None
+
+    def before_train(self) -> None:
+        t = self.trainer
+        if self.batch_metrics:
+            names = ["loss", *t.component_names, "grad_norm"]
+            self.batch_csv = BatchCSV(self.run_dir / "batch_metrics.csv", ["epoch", "batch", "step", *names, "lr"])
+            self.batch_csv.truncate_after(t.epoch + 1, t.batch_in_epoch)
+        self.last_lr = t.optimizer.param_groups[0]["lr"]
+
+    def before_epoch(self) -> None:
+        self.start = time.perf_counter()
+
+    def after_step(self) -> None:
+        self._write(self.trainer.collect())
+
+    def _write(self, records: list) -> None:
+        t = self.trainer
+        for rec in records:
+            loss, batch = rec["values"][0], rec["batch"]
+            line = batch_line(rec["epoch"] + 1, t.epochs, batch, t.batches_per_epoch, loss, rec["lr"])
+            on_grid = self.progress and (batch % self.interval == 0 or batch == t.batches_per_epoch)
+            log.info(line, extra={"console": on_grid})
+            if self.batch_csv is not None:
+                self.batch_csv.add([rec["epoch"] + 1, batch, rec["step"], *rec["values"], rec["lr"]])
+            self.last_lr = rec["lr"]
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        self._write(t.collect(block=True))
+        record = {"epoch": t.epoch + 1, "train": t.stats.summary(), "val": dict(t.val_metrics),
+                  "lr": self.last_lr, "epoch_time": time.perf_counter() - self.start}
+        t.history.append(record)
+        times = [r["epoch_time"] for r in t.history]
+        eta = sum(times) / len(times) * (t.epochs - t.epoch - 1)
+        log.info(epoch_block(record, t.epochs, eta))
+        write_epoch_files(self.run_dir, t.history)
+        if self.batch_csv is not None:
+            self.batch_csv.flush()
+
+    def after_train(self) -> None:
+        self._write(self.trainer.collect(block=True))
+        if self.batch_csv is not None:
+            self.batch_csv.flush()
+
+
+class PlateauHook(HookBase):
+    """Feeds the epoch record to a plateau scheduler right after validation (rank 0's
+    record; every rank holds the same reduced values)."""
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        t.scheduler.observe(flatten(t.history[-1]))
+
+
+class CheckpointHook(HookBase):
+    """``latest_checkpoint.pth`` every epoch (and every ``every_n_steps`` updates within
+    one), epoch files, best model and retention through the CheckpointManager.
+
+    A checkpoint is never written from an epoch whose losses went non-finite.
+    """
+
+    def __init__(self, manager: CheckpointManager, config_yaml: str, save_optimizer=True, every_n_steps=0):
+        self.manager, self.config_yaml = manager, config_yaml
+        self.save_optimizer, self.every_n_steps = save_optimizer, every_n_steps
+        self.saved_step = -1
+
+    def objects(self) -> dict:
+        t = self.trainer
+        objs = {"model": dist.unwrap(t.model), "optimizer": t.optimizer, "scheduler": t.scheduler,
+                "scaler": t.precision, "rng": RNGState()}
+        if not self.save_optimizer:
+            del objs["optimizer"]
+        return objs
+
+    def extra(self) -> dict:
+        return {**self.trainer.state_dict(), "config": self.config_yaml}
+
+    def after_step(self) -> None:
+        t = self.trainer
+        due = (self.every_n_steps and t.at_boundary() and t.step % self.every_n_steps == 0
+               and t.step != self.saved_step and t.batch_in_epoch < t.batches_per_epoch)
+        if due:
+            self.save_latest()
+
+    def save_latest(self) -> bool:
+        """Save the current state as latest (used mid-epoch and on preemption)."""
+        if not self.trainer.stats.finite():
+            return False
+        if dist.is_main():
+            self.manager.save_latest(self.objects(), self.extra())
+        self.saved_step = self.trainer.step
+        return True
+
+    def after_epoch(self) -> None:
+        t = self.trainer
+        if not t.stats.finite():
+            log.warning("epoch %d had non-finite losses: no checkpoint written", t.epoch + 1)
+            return
+        monitor = self.manager.monitor
+        metric = flatten(t.history[-1]).get(monitor)
+        if dist.is_main():
+            weights = {k: v.detach().cpu() for k, v in dist.unwrap(t.model).state_dict().items()}
+            if self.manager.save_epoch(t.epoch + 1, metric, self.objects(), self.extra(), weights):
+                log.info("New best %s %.6f at epoch %d: saved best_model.pth", monitor, metric, t.epoch + 1)
+        self.saved_step = t.step
+
+    @property
+    def last_good(self) -> str:
+        path = self.manager.run_dir / LATEST
+        return str(path) if path.exists() else "none"

@@ -1,0 +1,132 @@
+"""Log lines and metric files of a run directory (DESIGN.md section 4).
+
+Messages go through the Python logger ``trainforge``: ``training.log`` gets every record
+with a timestamp; stdout gets the records not marked ``console=False`` (batch lines off
+the ``log.interval`` grid). Only rank 0 has handlers.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import logging
+import sys
+from pathlib import Path
+
+from trainforge.engine.checkpoint import atomic_json, atomic_write
+
+LOGGER = "trainforge"
+RULE = "=" * 80
+
+
+class _ConsoleFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "console", True)
+
+
+def setup_logging(run_dir, main: bool = True) -> logging.Logger:
+    """(Re)attach the handlers of the ``trainforge`` logger for one run directory."""
+    log = logging.getLogger(LOGGER)
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not main:
+        log.addHandler(logging.NullHandler())
+        return log
+    file = logging.FileHandler(Path(run_dir) / "training.log", mode="a", encoding="utf-8")
+    file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    console.addFilter(_ConsoleFilter())
+    log.addHandler(file)
+    log.addHandler(console)
+    return log
+
+
+def batch_line(epoch: int, epochs: int, batch: int, batches: int, loss: float, lr: float, extra: str = "") -> str:
+    """``Epoch [e/E] - Progress p% (i/N) - Batch Loss: x - LR: y`` (+ optional fields)."""
+    pct = 100.0 * batch / batches if batches else 100.0
+    line = (f"Epoch [{epoch}/{epochs}] - Progress {pct:.1f}% ({batch}/{batches}) - "
+            f"Batch Loss: {loss:.6f} - LR: {lr:.8f}")
+    return f"{line} - {extra}" if extra else line
+
+
+def epoch_block(record: dict, epochs: int, eta_s: float, note: str = "") -> str:
+    """The framed summary printed after each epoch."""
+    train, val = record["train"], record.get("val", {})
+    lines = [RULE, f"Epoch [{record['epoch']}/{epochs}] done",
+             f"  Train loss: avg {train['loss']:.6f} - min {train['loss_min']:.6f} - max {train['loss_max']:.6f}"]
+    parts = [f"{k} {v:.6f}" for k, v in train.items() if k not in ("loss", "loss_min", "loss_max")]
+    if parts:
+        lines.append("  Train: " + " - ".join(parts))
+    lines.append(f"  LR: {record['lr']:.8f}")
+    lines.append(f"  Epoch time: {record['epoch_time']:.2f}s - ETA: {datetime.timedelta(seconds=round(eta_s))}")
+    if val:
+        lines.append("  Validation: " + " - ".join(f"{k} {v:.6f}" for k, v in val.items()))
+    if note:
+        lines.append(f"  {note}")
+    lines.append(RULE)
+    return "\n".join(lines)
+
+
+def flatten(record: dict) -> dict:
+    """One epoch record -> one CSV row (train_*, val_*, lr, epoch_time)."""
+    row = {"epoch": record["epoch"]}
+    row.update({f"train_{k}": v for k, v in record["train"].items()})
+    row.update({f"val_{k}": v for k, v in record.get("val", {}).items()})
+    row["lr"], row["epoch_time"] = record["lr"], record["epoch_time"]
+    return row
+
+
+def write_epoch_files(run_dir, history: list) -> None:
+    """Rewrite ``epoch_metrics.csv`` and ``metrics.json`` from the whole history (atomic).
+
+    Rewriting keeps both files exactly equal to the checkpointed history, also after a
+    resume; the cost is a few kB per epoch.
+    """
+    run_dir = Path(run_dir)
+    rows = [flatten(r) for r in history]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(run_dir / "epoch_metrics.csv", lambda f: f.write(buf.getvalue().encode()))
+    atomic_json(history, run_dir / "metrics.json")
+
+
+class BatchCSV:
+    """``batch_metrics.csv``: one row per batch, appended; buffered, flushed per epoch."""
+
+    def __init__(self, path, columns: list):
+        self.path, self.columns = Path(path), columns
+        self.rows: list = []
+        if not self.path.exists():
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerow(columns)
+
+    def add(self, row: list) -> None:
+        self.rows.append(row)
+
+    def flush(self) -> None:
+        if self.rows:
+            with open(self.path, "a", newline="") as f:
+                csv.writer(f).writerows(self.rows)
+            self.rows = []
+
+    def truncate_after(self, epoch: int, batch: int) -> None:
+        """Drop rows past (epoch, batch), 1-based, so a resume appends each batch once."""
+        if not self.path.exists():
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        keep = [rows[0]] + [r for r in rows[1:] if (int(r[0]), int(r[1])) <= (epoch, batch)]
+        atomic_write(self.path, lambda f: f.write(_csv_text(keep).encode()))
+
+
+def _csv_text(rows: list) -> str:
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue()

@@ -1,0 +1,239 @@
+"""BaseTrainer: the loop, one ``run_step``, and hook dispatch. Nothing else.
+
+Side effects (validation, logging, checkpoints) are hooks (``engine/hooks.py``), run in
+list order. The trainer takes built objects, never config.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import torch
+
+from trainforge.errors import NonFiniteLossError
+
+
+class HookBase:
+    """A periodic side effect. The trainer calls, in hook-list order::
+
+        before_train()
+        for each epoch:
+            before_epoch()
+            for each micro-batch: run_step(); after_step()
+            after_epoch()
+        after_train()
+
+    ``after_step`` runs every micro-batch: keep it cheap and free of host syncs.
+    """
+
+    trainer: "BaseTrainer" = None
+
+    def before_train(self): ...
+    def before_epoch(self): ...
+    def after_step(self): ...
+    def after_epoch(self): ...
+    def after_train(self): ...
+
+
+class StepMeter:
+    """Per-step scalars moved to the host without stalling the GPU.
+
+    ``push`` starts a non-blocking copy into pinned memory and records an event; ``ready``
+    returns, in order, the records whose copy has landed (all of them with ``block``).
+    On CPU a record is ready at once.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.pending: deque = deque()
+
+    def push(self, meta: dict, values: torch.Tensor) -> None:
+        event = None
+        if self.cuda:
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            values = host
+        self.pending.append((meta, values, event))
+
+    def ready(self, block: bool = False) -> list:
+        out = []
+        while self.pending:
+            meta, values, event = self.pending[0]
+            if event is not None and not block and not event.query():
+                break
+            if event is not None:
+                event.synchronize()
+            self.pending.popleft()
+            out.append({**meta, "values": values.tolist()})
+        return out
+
+
+class EpochStats:
+    """Running sums, min and max of the epoch's per-step scalars, kept on the device.
+
+    ``values`` per micro-batch are [loss, components..., grad_norm (NaN off the window
+    boundary)]. One host read per epoch in ``summary``; tensors only in the state, so a
+    mid-epoch checkpoint carries the partial epoch exactly.
+    """
+
+    def __init__(self, names: tuple, device: torch.device):
+        self.names, self.device = names, device
+        self.reset()
+
+    def reset(self) -> None:
+        k = len(self.names)
+        self.sums = torch.zeros(k, dtype=torch.float64, device=self.device)
+        self.counts = torch.zeros(k, dtype=torch.float64, device=self.device)
+        self.low = torch.full((), math.inf, dtype=torch.float64, device=self.device)
+        self.high = torch.full((), -math.inf, dtype=torch.float64, device=self.device)
+
+    def add(self, values: torch.Tensor) -> None:
+        values = values.double()
+        seen = ~torch.isnan(values) | torch.isnan(values[:1])  # a NaN loss must show, a NaN grad_norm means "none"
+        self.sums += torch.where(seen, values, 0.0)
+        self.counts += seen
+        self.low = torch.minimum(self.low, values[0])
+        self.high = torch.maximum(self.high, values[0])
+
+    def finite(self) -> bool:
+        return bool(torch.isfinite(self.sums).all())
+
+    def summary(self) -> dict:
+        """{loss, loss_min, loss_max, <component>..., grad_norm}: averages over the epoch."""
+        sums, counts = self.sums.tolist(), self.counts.tolist()
+        out = {"loss": sums[0] / counts[0], "loss_min": self.low.item(), "loss_max": self.high.item()}
+        for name, s, c in zip(self.names[1:], sums[1:], counts[1:]):
+            out[name] = s / c if c else math.nan
+        return out
+
+    def state_dict(self) -> dict:
+        return {"sums": self.sums.cpu(), "counts": self.counts.cpu(), "low": self.low.cpu(), "high": self.high.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("sums", "counts", "low", "high"):
+            setattr(self, key, state[key].to(self.device, torch.float64))
+
+
+class BaseTrainer:
+    """Runs ``epochs`` epochs of ``run_step`` over ``train_loader`` and calls the hooks.
+
+    Counters: ``epoch`` (0-based index of the current epoch; equals the number of finished
+    epochs between epochs), ``batch_in_epoch`` (micro-batches done in it) and ``step``
+    (optimizer updates, the one counter schedules use). Per-step scalars go through
+    ``meter``; hooks read them with ``collect()``.
+    """
+
+    def __init__(self, model, optimizer, scheduler, loss_fn, train_loader, sampler, precision, device,
+                 epochs, grad_accum=1, clip_grad=None, hooks=()):
+        self.model, self.optimizer, self.scheduler, self.loss_fn = model, optimizer, scheduler, loss_fn
+        self.train_loader, self.sampler, self.precision, self.device = train_loader, sampler, precision, device
+        self.epochs, self.grad_accum, self.clip_grad = epochs, grad_accum, clip_grad
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.component_names = tuple(getattr(loss_fn, "component_names", ()))
+        self.value_names = ("loss", *self.component_names, "grad_norm")
+        self.batches_per_epoch = len(train_loader)
+        self._samples = len(sampler)
+        self.epoch = self.step = self.batch_in_epoch = 0
+        self.history: list = []
+        self.stop_reason: str | None = None
+        self.meter = StepMeter(device)
+        self.stats = EpochStats(self.value_names, device)
+        self.hooks = list(hooks)
+        for hook in self.hooks:
+            hook.trainer = self
+
+    # ---- loop ----
+    def fit(self) -> None:
+        self._call("before_train")
+        while self.epoch < self.epochs and not self.stop_reason:
+            self.sampler.set_epoch(self.epoch)  # keeps a resumed position within the epoch
+            if self.batch_in_epoch == 0:
+                self.stats.reset()
+            self._call("before_epoch")
+            self.model.train()
+            for batch in self.train_loader:
+                self.run_step(batch)
+                self._call("after_step")
+                if self.stop_reason and self.at_boundary():
+                    break
+            if self.stop_reason:
+                break
+            self._call("after_epoch")
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self._call("after_train")
+
+    def run_step(self, batch) -> None:
+        """One micro-batch: forward, backward and, at a window boundary, the update."""
+        inputs, target = (t.to(self.device, non_blocking=True) for t in batch)
+        weight = len(inputs) / self._window_samples()
+        with self.precision.autocast():
+            output = self.model(inputs)
+        loss, parts = self.loss_fn(output, target)
+        self.precision.backward(loss * weight)
+        self.batch_in_epoch += 1
+        grad_norm = self._update() if self.at_boundary() else torch.full_like(loss, float("nan"))
+        values = torch.stack([loss.detach().float(), *(parts[k].detach().float() for k in self.component_names),
+                              grad_norm.float()])
+        self.stats.add(values)
+        meta = {"epoch": self.epoch, "batch": self.batch_in_epoch, "step": self.step,
+                "lr": self.optimizer.param_groups[0]["lr"]}
+        self.meter.push(meta, values)
+
+    def _update(self) -> torch.Tensor:
+        """Unscale, clip (global norm), step; the scheduler only follows real updates."""
+        self.precision.unscale_(self.optimizer)
+        max_norm = self.clip_grad if self.clip_grad is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm).detach()
+        stepped = self.precision.step(self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        if stepped:
+            self.scheduler.step()
+            self.step += 1
+        return grad_norm
+
+    # ---- helpers for the step and the hooks ----
+    def at_boundary(self) -> bool:
+        """True after the last micro-batch of an accumulation window (or of the epoch)."""
+        return self.batch_in_epoch % self.grad_accum == 0 or self.batch_in_epoch == self.batches_per_epoch
+
+    def _window_samples(self) -> int:
+        """Samples in the accumulation window of the current micro-batch (the last window
+        of an epoch may be partial), so each micro-batch's mean loss is weighted by its share."""
+        bs = self.train_loader.batch_size
+        first = self.batch_in_epoch - self.batch_in_epoch % self.grad_accum
+        last = min(first + self.grad_accum, self.batches_per_epoch)
+        return min(last * bs, self._samples) - first * bs
+
+    def collect(self, block: bool = False) -> list:
+        """Host records of finished steps, oldest first; a non-finite loss stops the run."""
+        records = self.meter.ready(block)
+        for rec in records:
+            if not self.stop_reason and not math.isfinite(rec["values"][0]):
+                self.stop_reason = (f"non-finite loss ({rec['values'][0]}) at epoch {rec['epoch'] + 1}, "
+                                    f"batch {rec['batch']}, step {rec['step']}")
+        return records
+
+    def raise_if_nonfinite(self, last_good: str) -> None:
+        if self.stop_reason and self.stop_reason.startswith("non-finite"):
+            raise NonFiniteLossError(f"{self.stop_reason}; last good checkpoint: {last_good}")
+
+    def state_dict(self) -> dict:
+        """Counters and history. At an epoch's end the position is the next epoch's start."""
+        done = self.batch_in_epoch >= self.batches_per_epoch
+        epoch, batch = self.epoch + done, 0 if done else self.batch_in_epoch
+        return {"epoch": epoch, "batch_in_epoch": batch, "step": self.step, "history": list(self.history),
+                "sampler": {"epoch": epoch, "position": batch * self.train_loader.batch_size},
+                "epoch_stats": self.stats.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+        self.history = list(state["history"])
+        self.sampler.load_state_dict(state["sampler"])
+        if self.batch_in_epoch:
+            self.stats.load_state_dict(state["epoch_stats"])
+
+    def _call(self, name: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, name)()

@@ -1,0 +1,25 @@
+"""User-facing errors: each carries one line that names the key, file or value at fault.
+
+``trainforge.cli.main`` prints such an error as ``trainforge: error: <line>`` and exits 2
+without a traceback (set ``HYDRA_FULL_ERROR=1`` to see one).
+"""
+
+
+class TrainforgeError(Exception):
+    """An error caused by the user's input, not by a bug."""
+
+
+class ConfigError(TrainforgeError):
+    """A config key has a value that is not allowed."""
+
+
+class DataError(TrainforgeError):
+    """A data file is missing, unreadable or has the wrong keys or shapes."""
+
+
+class CheckpointError(TrainforgeError):
+    """A checkpoint is missing, truncated, foreign or unsafe to load."""
+
+
+class NonFiniteLossError(TrainforgeError):
+    """Training produced a NaN or Inf loss and the policy says stop."""

@@ -1,0 +1,3 @@
+from trainforge.models.unet import UNet
+
+__all__ = ["UNet"]

@@ -1,0 +1,19 @@
+"""Entry point: ``python train.py [overrides]``. See README.md.
+
+Kept thin on purpose: sweeps pickle ``main``, so it references nothing but importable
+functions (no module-level handles, locks or loggers).
+"""
+import hydra
+
+from trainforge.cli import guarded
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg):
+    from trainforge.train import run
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    guarded(main)
