@@ -5,7 +5,8 @@ import math
 import os
 
 import torch
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
@@ -16,7 +17,17 @@ from trainforge.engine.checkpoint import CheckpointManager
 from trainforge.engine.hooks import CheckpointHook, EvalHook, LoggingHook, PlateauHook
 from trainforge.engine.rng import seed_everything
 from trainforge.engine.trainer import BaseTrainer
-from trainforge.errors import ConfigError
+from trainforge.errors import ConfigError, TrainforgeError
+
+
+def instantiate(node, **kwargs):
+    """hydra's instantiate, letting a constructor's own user error through unwrapped."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, TrainforgeError):
+            raise e.__cause__ from None
+        raise
 
 
 def resolve_device(name: str) -> torch.device:

@@ -38,12 +38,13 @@ OmegaConf.register_new_resolver("tf_run_dir", run_dir_for, replace=True)
 
 def one_line(exc: BaseException) -> str:
     """Condense a config or user error (and its causes) into one readable line."""
-    if isinstance(exc, TrainforgeError):
-        return str(exc)
     chain, seen = [], exc
-    while seen is not None:
+    while seen is not None and seen not in chain:  # chains can loop (raise ... from None)
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
+    for err in chain:
+        if isinstance(err, TrainforgeError):
+            return str(err)
     for err in chain:  # OmegaConf errors know the full key: name it first
         key = getattr(err, "full_key", None)
         msg = getattr(err, "msg", None)
@@ -70,6 +71,10 @@ def guarded(main) -> None:
     """
     full = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
+    multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+    stderr = sys.stderr
+    if not (full or multirun):  # a single run's failure needs no "Error executing job" preamble
+        sys.stderr = _DropPreamble(stderr)
     try:
         main()
     except KeyboardInterrupt:
@@ -79,5 +84,22 @@ def guarded(main) -> None:
             raise
         hint = "" if isinstance(exc, USER_ERRORS) else f" ({type(exc).__name__}; " \
             "HYDRA_FULL_ERROR=1 shows the traceback)"
-        print(f"trainforge: error: {one_line(exc)}{hint}", file=sys.stderr)
+        print(f"trainforge: error: {one_line(exc)}{hint}", file=stderr)
         sys.exit(2)
+    finally:
+        sys.stderr = stderr
+
+
+class _DropPreamble:
+    """stderr minus Hydra's "Error executing job with overrides" line."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if text.startswith("Error executing job with overrides"):
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)

@@ -25,7 +25,7 @@ class UNetConf:
     _target_: str = "trainforge.models.UNet"
     in_channels: int = 1
     out_channels: int = 1
-    base_channels: int = 16
+    base_channels: int = 8
     depth: int = 2
     groups: int = 4
 

@@ -61,7 +61,7 @@ def run(cfg, run_dir=None):
         trainer.fit()
         trainer.raise_if_nonfinite(_checkpointer(trainer).last_good)
     except TrainforgeError as e:
-        log.error("%s", e)
+        log.error("%s", e, extra={"console": False})  # the CLI prints it once, on stderr
         write_status(run_dir, "FAILED", error=str(e), started=started, **_final(trainer))
         raise
     except BaseException as e:

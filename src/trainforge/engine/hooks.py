@@ -79,7 +79,7 @@ class LoggingHook(HookBase):
         for rec in records:
             loss, batch = rec["values"][0], rec["batch"]
             line = batch_line(rec["epoch"] + 1, t.epochs, batch, t.batches_per_epoch, loss, rec["lr"])
-            on_grid = self.progress and (batch % self.interval == 0 or batch == t.batches_per_epoch)
+            on_grid = self.progress and batch % self.interval == 0
             log.info(line, extra={"console": on_grid})
             if self.batch_csv is not None:
                 self.batch_csv.add([rec["epoch"] + 1, batch, rec["step"], *rec["values"], rec["lr"]])

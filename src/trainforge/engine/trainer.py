@@ -173,12 +173,13 @@ class BaseTrainer:
         loss, parts = self.loss_fn(output, target)
         self.precision.backward(loss * weight)
         self.batch_in_epoch += 1
+        lr = self.optimizer.param_groups[0]["lr"]  # the LR this window's update uses
         grad_norm = self._update() if self.at_boundary() else torch.full_like(loss, float("nan"))
         values = torch.stack([loss.detach().float(), *(parts[k].detach().float() for k in self.component_names),
                               grad_norm.float()])
         self.stats.add(values)
         meta = {"epoch": self.epoch, "batch": self.batch_in_epoch, "step": self.step,
-                "lr": self.optimizer.param_groups[0]["lr"]}
+                "lr": lr}
         self.meter.push(meta, values)
 
     def _update(self) -> torch.Tensor:

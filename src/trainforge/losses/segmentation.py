@@ -60,18 +60,18 @@ class DiceLoss(nn.Module):
 class HybridLoss(nn.Module):
     """focal_weight * focal + dice_weight * dice + bce_weight * bce; components unweighted."""
 
-    component_names = ("focal", "dice", "bce")
+    component_names = ("focal_loss", "dice_loss", "bce_loss")
 
     def __init__(self, focal_weight=1.0, dice_weight=1.0, bce_weight=0.5, alpha=0.5, gamma=2.0, smooth=1.0):
         super().__init__()
-        self.weights = {"focal": focal_weight, "dice": dice_weight, "bce": bce_weight}
+        self.weights = {"focal_loss": focal_weight, "dice_loss": dice_weight, "bce_loss": bce_weight}
         self.alpha, self.gamma, self.smooth = alpha, gamma, smooth
 
     def forward(self, logits, target):
         parts = {
-            "focal": focal(logits, target, self.alpha, self.gamma),
-            "dice": soft_dice(logits, target, self.smooth),
-            "bce": F.binary_cross_entropy_with_logits(logits.float(), target.float()),
+            "focal_loss": focal(logits, target, self.alpha, self.gamma),
+            "dice_loss": soft_dice(logits, target, self.smooth),
+            "bce_loss": F.binary_cross_entropy_with_logits(logits.float(), target.float()),
         }
         total = sum(self.weights[k] * v for k, v in parts.items())
         return total, parts

@@ -1,0 +1,66 @@
+"""Shared fixtures: compose the real conf/, run train.py as a user would, read run dirs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trainforge  # noqa: F401  (registers the config schemas)
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+CHECKER = ROOT.parent / "shared" / "checks" / "run_dir_contract.py"
+# small and quick: what every test run trains unless it says otherwise
+SMALL = ["data.num_samples=160", "data.image_size=32", "data.batch_size=16", "trainer.epochs=2",
+         "log.progress=false"]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """One data cache for the whole session (the glint file is generated once)."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def env(data_dir) -> dict:
+    e = dict(os.environ, TRAINFORGE_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+    e.pop("HYDRA_FULL_ERROR", None)
+    return e
+
+
+@pytest.fixture
+def train(env, tmp_path):
+    """Run ``python train.py *args`` in ``tmp_path``; returns the CompletedProcess."""
+
+    def _run(*args, cwd=None, check=True, timeout=300):
+        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd or tmp_path, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"train.py {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        return proc
+
+    return _run
+
+
+@pytest.fixture
+def compose_cfg(data_dir, monkeypatch):
+    """compose(overrides) over the real conf/ (with hydra's own config, for interpolations)."""
+    monkeypatch.setenv("TRAINFORGE_DATA_DIR", str(data_dir))
+
+    def _compose(*overrides):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name="train", overrides=list(overrides))
+
+    return _compose
+
+
+def contract(run_dir, batch_metrics=False) -> list:
+    """Shortfalls of a run directory against DESIGN.md (via shared/checks)."""
+    if not CHECKER.exists():
+        pytest.skip(f"{CHECKER} not present")
+    args = [sys.executable, str(CHECKER), str(run_dir)] + (["--batch-metrics"] if batch_metrics else [])
+    proc = subprocess.run(args, capture_output=True, text=True)
+    return [] if proc.returncode == 0 else proc.stdout.strip().splitlines()
