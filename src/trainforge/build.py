@@ -1,6 +1,7 @@
 """cfg -> objects, in one visible order. The only caller of ``hydra.utils.instantiate``."""
 from __future__ import annotations
 
+import inspect
 import math
 import os
 
@@ -86,7 +87,11 @@ def build(cfg, run_dir) -> BaseTrainer:
 
     model = instantiate(cfg.model).to(device)
     loss_fn = instantiate(cfg.loss).to(device)
-    optimizer = instantiate(cfg.optimizer, _convert_="all")(model.parameters())
+    make_optimizer = instantiate(cfg.optimizer, _convert_="all")
+    fused = {}
+    if t.on_nonfinite == "skip" and "fused" in inspect.signature(make_optimizer.func).parameters:
+        fused = {"fused": True}  # lets a non-finite window be skipped on the device, without a sync
+    optimizer = make_optimizer(model.parameters(), **fused)
     steps_per_epoch = math.ceil(len(train_loader) / t.grad_accum)
     scheduler = instantiate(cfg.scheduler, _convert_="all")(optimizer, steps_per_epoch=steps_per_epoch,
                                                             epochs=t.epochs)
@@ -104,4 +109,5 @@ def build(cfg, run_dir) -> BaseTrainer:
     manager = CheckpointManager(run_dir, ck.save_freq, ck.keep_last_n, ck.top_k, ck.monitor, ck.mode)
     hooks.append(CheckpointHook(manager, OmegaConf.to_yaml(cfg, resolve=True), ck.save_optimizer, ck.every_n_steps))
     return BaseTrainer(model, optimizer, scheduler, loss_fn, train_loader, sampler, precision, device,
-                       epochs=t.epochs, grad_accum=t.grad_accum, clip_grad=t.clip_grad, hooks=hooks)
+                       epochs=t.epochs, grad_accum=t.grad_accum, clip_grad=t.clip_grad,
+                       on_nonfinite=t.on_nonfinite, max_nonfinite=t.max_nonfinite, hooks=hooks)

@@ -80,7 +80,9 @@ class LoggingHook(HookBase):
             loss, batch = rec["values"][0], rec["batch"]
             line = batch_line(rec["epoch"] + 1, t.epochs, batch, t.batches_per_epoch, loss, rec["lr"])
             on_grid = self.progress and batch % self.interval == 0
-            log.info(line, extra={"console": on_grid})
+            if rec["nonfinite"] and t.on_nonfinite == "skip":
+                line += f" - skipped update ({t.consecutive_nonfinite} consecutive)"
+            log.info(line, extra={"console": on_grid or rec["nonfinite"]})
             if self.batch_csv is not None:
                 self.batch_csv.add([rec["epoch"] + 1, batch, rec["step"], *rec["values"], rec["lr"]])
             self.last_lr = rec["lr"]
@@ -143,9 +145,15 @@ class CheckpointHook(HookBase):
         if due:
             self.save_latest()
 
+    def safe(self) -> bool:
+        """Under ``stop`` a non-finite loss may have reached the weights: save nothing.
+        (Under ``skip`` those updates never happened.) One host read, per save only."""
+        t = self.trainer
+        return t.on_nonfinite == "skip" or t.stats.nonfinite.item() == 0
+
     def save_latest(self) -> bool:
         """Save the current state as latest (used mid-epoch and on preemption)."""
-        if not self.trainer.stats.finite():
+        if not self.safe():
             return False
         if dist.is_main():
             self.manager.save_latest(self.objects(), self.extra())
@@ -154,7 +162,7 @@ class CheckpointHook(HookBase):
 
     def after_epoch(self) -> None:
         t = self.trainer
-        if not t.stats.finite():
+        if not self.safe():
             log.warning("epoch %d had non-finite losses: no checkpoint written", t.epoch + 1)
             return
         monitor = self.manager.monitor

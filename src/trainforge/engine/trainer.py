@@ -74,8 +74,9 @@ class EpochStats:
     """Running sums, min and max of the epoch's per-step scalars, kept on the device.
 
     ``values`` per micro-batch are [loss, components..., grad_norm (NaN off the window
-    boundary)]. One host read per epoch in ``summary``; tensors only in the state, so a
-    mid-epoch checkpoint carries the partial epoch exactly.
+    boundary)]. Micro-batches with a non-finite loss are counted in ``nonfinite`` and kept
+    out of the averages. One host read per epoch in ``summary``; tensors only in the
+    state, so a mid-epoch checkpoint carries the partial epoch exactly.
     """
 
     def __init__(self, names: tuple, device: torch.device):
@@ -83,36 +84,38 @@ class EpochStats:
         self.reset()
 
     def reset(self) -> None:
-        k = len(self.names)
-        self.sums = torch.zeros(k, dtype=torch.float64, device=self.device)
-        self.counts = torch.zeros(k, dtype=torch.float64, device=self.device)
-        self.low = torch.full((), math.inf, dtype=torch.float64, device=self.device)
-        self.high = torch.full((), -math.inf, dtype=torch.float64, device=self.device)
+        k, dev = len(self.names), self.device
+        self.sums = torch.zeros(k, dtype=torch.float64, device=dev)
+        self.counts = torch.zeros(k, dtype=torch.float64, device=dev)
+        self.low = torch.full((), math.inf, dtype=torch.float64, device=dev)
+        self.high = torch.full((), -math.inf, dtype=torch.float64, device=dev)
+        self.nonfinite = torch.zeros((), dtype=torch.float64, device=dev)
 
     def add(self, values: torch.Tensor) -> None:
         values = values.double()
-        seen = ~torch.isnan(values) | torch.isnan(values[:1])  # a NaN loss must show, a NaN grad_norm means "none"
+        good = torch.isfinite(values[0])
+        seen = ~torch.isnan(values) & good  # a NaN grad_norm off the boundary means "no update"
         self.sums += torch.where(seen, values, 0.0)
         self.counts += seen
-        self.low = torch.minimum(self.low, values[0])
-        self.high = torch.maximum(self.high, values[0])
-
-    def finite(self) -> bool:
-        return bool(torch.isfinite(self.sums).all())
+        self.low = torch.minimum(self.low, torch.where(good, values[0], math.inf))
+        self.high = torch.maximum(self.high, torch.where(good, values[0], -math.inf))
+        self.nonfinite += ~good
 
     def summary(self) -> dict:
-        """{loss, loss_min, loss_max, <component>..., grad_norm}: averages over the epoch."""
+        """{loss, loss_min, loss_max, <component>..., grad_norm, nonfinite}: epoch averages
+        over the finite micro-batches, and the count of non-finite ones."""
         sums, counts = self.sums.tolist(), self.counts.tolist()
-        out = {"loss": sums[0] / counts[0], "loss_min": self.low.item(), "loss_max": self.high.item()}
-        for name, s, c in zip(self.names[1:], sums[1:], counts[1:]):
-            out[name] = s / c if c else math.nan
+        avg = [s / c if c else math.nan for s, c in zip(sums, counts)]
+        out = {"loss": avg[0], "loss_min": self.low.item(), "loss_max": self.high.item()}
+        out.update(zip(self.names[1:], avg[1:]))
+        out["nonfinite"] = int(self.nonfinite.item())
         return out
 
     def state_dict(self) -> dict:
-        return {"sums": self.sums.cpu(), "counts": self.counts.cpu(), "low": self.low.cpu(), "high": self.high.cpu()}
+        return {k: getattr(self, k).cpu() for k in ("sums", "counts", "low", "high", "nonfinite")}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("sums", "counts", "low", "high"):
+        for key in ("sums", "counts", "low", "high", "nonfinite"):
             setattr(self, key, state[key].to(self.device, torch.float64))
 
 
@@ -126,10 +129,13 @@ class BaseTrainer:
     """
 
     def __init__(self, model, optimizer, scheduler, loss_fn, train_loader, sampler, precision, device,
-                 epochs, grad_accum=1, clip_grad=None, hooks=()):
+                 epochs, grad_accum=1, clip_grad=None, on_nonfinite="stop", max_nonfinite=10, hooks=()):
         self.model, self.optimizer, self.scheduler, self.loss_fn = model, optimizer, scheduler, loss_fn
         self.train_loader, self.sampler, self.precision, self.device = train_loader, sampler, precision, device
         self.epochs, self.grad_accum, self.clip_grad = epochs, grad_accum, clip_grad
+        self.on_nonfinite, self.max_nonfinite, self.consecutive_nonfinite = on_nonfinite, max_nonfinite, 0
+        # skip without a host sync: fused optimizers skip on device when found_inf is set
+        self.device_skip = getattr(optimizer, "_step_supports_amp_scaling", False)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.component_names = tuple(getattr(loss_fn, "component_names", ()))
         self.value_names = ("loss", *self.component_names, "grad_norm")
@@ -183,11 +189,24 @@ class BaseTrainer:
         self.meter.push(meta, values)
 
     def _update(self) -> torch.Tensor:
-        """Unscale, clip (global norm), step; the scheduler only follows real updates."""
+        """Unscale, clip (global norm), step; the scheduler only follows real updates.
+
+        With ``on_nonfinite=skip`` a window whose gradient norm is not finite makes no
+        update: fused optimizers skip it on the device (``found_inf``), others after one
+        host read. The schedule still advances (the window consumed its slot)."""
         self.precision.unscale_(self.optimizer)
         max_norm = self.clip_grad if self.clip_grad is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm).detach()
-        stepped = self.precision.step(self.optimizer)
+        if self.on_nonfinite == "skip" and not self.precision.scaler.is_enabled():  # fp16's scaler skips itself
+            if self.device_skip:
+                self.optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
+                self.optimizer.step()
+                del self.optimizer.found_inf
+            elif torch.isfinite(grad_norm):
+                self.optimizer.step()
+            stepped = True  # the schedule moves on either way: the window consumed its slot
+        else:
+            stepped = self.precision.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         if stepped:
             self.scheduler.step()
@@ -208,12 +227,25 @@ class BaseTrainer:
         return min(last * bs, self._samples) - first * bs
 
     def collect(self, block: bool = False) -> list:
-        """Host records of finished steps, oldest first; a non-finite loss stops the run."""
+        """Host records of finished steps, oldest first, checked against the non-finite
+        policy: ``stop`` stops at the first non-finite loss, ``skip`` after
+        ``max_nonfinite`` consecutive ones. Each record gets ``nonfinite`` (bool)."""
         records = self.meter.ready(block)
         for rec in records:
-            if not self.stop_reason and not math.isfinite(rec["values"][0]):
-                self.stop_reason = (f"non-finite loss ({rec['values'][0]}) at epoch {rec['epoch'] + 1}, "
-                                    f"batch {rec['batch']}, step {rec['step']}")
+            loss = rec["values"][0]
+            rec["nonfinite"] = not math.isfinite(loss)
+            if not rec["nonfinite"]:
+                self.consecutive_nonfinite = 0
+                continue
+            self.consecutive_nonfinite += 1
+            where = f"epoch {rec['epoch'] + 1}, batch {rec['batch']}, step {rec['step']}"
+            if self.stop_reason:
+                continue
+            if self.on_nonfinite == "stop":
+                self.stop_reason = f"non-finite loss ({loss}) at {where}"
+            elif self.consecutive_nonfinite >= self.max_nonfinite:
+                self.stop_reason = (f"non-finite loss ({loss}) at {where}: {self.consecutive_nonfinite} "
+                                    f"consecutive (trainer.max_nonfinite={self.max_nonfinite})")
         return records
 
     def raise_if_nonfinite(self, last_good: str) -> None:
