@@ -6,6 +6,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from trainforge.build import build_model
+
 from conftest import CONF, SMALL
 
 GROUPS = ["model", "data", "loss", "optimizer", "scheduler", "log", "trainer", "checkpoint"]
@@ -18,7 +20,7 @@ def options(group):
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_instantiates(compose_cfg, group, option):
     cfg = compose_cfg(f"{group}={option}", *SMALL)
-    model = instantiate(cfg.model)
+    model = build_model(cfg.model, warm_start=False)
     data = instantiate(cfg.data)
     x, y = data.train_set()[0]
     out = model(x[None])

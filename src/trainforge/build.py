@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import os
 
@@ -14,8 +15,9 @@ from torch.utils.data import DataLoader
 from trainforge.data import EpochSampler
 from trainforge.engine import distributed as dist
 from trainforge.engine.amp import Precision
-from trainforge.engine.checkpoint import CheckpointManager
-from trainforge.engine.hooks import CheckpointHook, EvalHook, LoggingHook, PlateauHook
+from trainforge.engine.checkpoint import CheckpointManager, load_weights
+from trainforge.engine.hooks import CheckpointHook, EvalHook, LoggingHook, PlateauHook, PreemptionHook
+from trainforge.engine.logging import LOGGER
 from trainforge.engine.rng import seed_everything
 from trainforge.engine.trainer import BaseTrainer
 from trainforge.errors import ConfigError, TrainforgeError
@@ -66,9 +68,22 @@ def check_monitor(key: str, name: str, available: list) -> None:
         raise ConfigError(f"{key}={name}: not a metric of this experiment; available: {', '.join(available)}")
 
 
-def build(cfg, run_dir) -> BaseTrainer:
+def build_model(node, warm_start: bool) -> torch.nn.Module:
+    """The model of ``node``; ``init_weights`` (a weights file) is loaded if ``warm_start``."""
+    node = OmegaConf.to_container(node, resolve=True)
+    init = node.pop("init_weights", None)
+    model = instantiate(node)
+    if init and warm_start:
+        missing, unexpected = load_weights(model, init)
+        logging.getLogger(LOGGER).info("Warm start from %s: %d missing keys %s, %d unexpected keys %s", init,
+                                       len(missing), missing[:10], len(unexpected), unexpected[:10])
+    return model
+
+
+def build(cfg, run_dir, overrides=(), resuming=False) -> BaseTrainer:
     """Build the trainer for ``cfg`` writing into ``run_dir``. Order: determinism, device,
-    seed, data, loaders, model, loss, optimizer, scheduler, precision, hooks, trainer."""
+    seed, data, loaders, model, loss, optimizer, scheduler, precision, hooks, trainer.
+    ``overrides`` (the command line's) travel in each checkpoint for ``resume``."""
     t = cfg.trainer
     set_determinism(t.deterministic, t.threads)
     device = resolve_device(t.device)
@@ -85,7 +100,7 @@ def build(cfg, run_dir) -> BaseTrainer:
                               **loader_args)
     val_loader = DataLoader(val_set, shuffle=False, **loader_args)
 
-    model = instantiate(cfg.model).to(device)
+    model = build_model(cfg.model, warm_start=not resuming).to(device)
     loss_fn = instantiate(cfg.loss).to(device)
     make_optimizer = instantiate(cfg.optimizer, _convert_="all")
     fused = {}
@@ -107,7 +122,9 @@ def build(cfg, run_dir) -> BaseTrainer:
         check_monitor("scheduler.monitor", scheduler.monitor, available)
         hooks.append(PlateauHook())
     manager = CheckpointManager(run_dir, ck.save_freq, ck.keep_last_n, ck.top_k, ck.monitor, ck.mode)
-    hooks.append(CheckpointHook(manager, OmegaConf.to_yaml(cfg, resolve=True), ck.save_optimizer, ck.every_n_steps))
+    checkpointer = CheckpointHook(manager, OmegaConf.to_yaml(cfg, resolve=True), ck.save_optimizer,
+                                  ck.every_n_steps, overrides)
+    hooks += [checkpointer, PreemptionHook(checkpointer)]
     return BaseTrainer(model, optimizer, scheduler, loss_fn, train_loader, sampler, precision, device,
                        epochs=t.epochs, grad_accum=t.grad_accum, clip_grad=t.clip_grad,
                        on_nonfinite=t.on_nonfinite, max_nonfinite=t.max_nonfinite, hooks=hooks)

@@ -84,8 +84,9 @@ def guarded(main) -> None:
             raise
         hint = "" if isinstance(exc, USER_ERRORS) else f" ({type(exc).__name__}; " \
             "HYDRA_FULL_ERROR=1 shows the traceback)"
-        print(f"trainforge: error: {one_line(exc)}{hint}", file=stderr)
-        sys.exit(2)
+        kind = "stopped" if getattr(exc, "exit_code", None) else "error"
+        print(f"trainforge: {kind}: {one_line(exc)}{hint}", file=stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
     finally:
         sys.stderr = stderr
 

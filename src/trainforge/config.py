@@ -28,6 +28,7 @@ class UNetConf:
     base_channels: int = 8
     depth: int = 2
     groups: int = 4
+    init_weights: Optional[str] = None  # warm start: a weights file or checkpoint (not used on resume)
 
 
 # ---- data --------------------------------------------------------------------------
@@ -198,6 +199,7 @@ class TrainConf:
     seed: int = 0
     name: str = "train"
     resume: Optional[str] = None
+    resume_force: Optional[bool] = None  # resume despite a structural config change
 
 
 SCHEMAS = {

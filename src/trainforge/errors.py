@@ -23,3 +23,14 @@ class CheckpointError(TrainforgeError):
 
 class NonFiniteLossError(TrainforgeError):
     """Training produced a NaN or Inf loss and the policy says stop."""
+
+
+class Preempted(TrainforgeError):
+    """A signal stopped the run after it saved ``latest_checkpoint.pth``.
+
+    The process exits with ``EXIT_CODE`` (75, EX_TEMPFAIL: "try again"); rerunning with
+    ``resume=auto`` (same run dir) or ``resume=RUN_DIR`` continues exactly.
+    """
+
+    EXIT_CODE = 75
+    exit_code = EXIT_CODE

@@ -13,7 +13,7 @@ from trainforge.config import validate
 from trainforge.engine import distributed as dist
 from trainforge.engine.checkpoint import atomic_json
 from trainforge.engine.logging import LOGGER, setup_logging
-from trainforge.errors import ConfigError, NonFiniteLossError, TrainforgeError
+from trainforge.errors import ConfigError, NonFiniteLossError, Preempted, TrainforgeError
 
 STATUS = "status.json"
 
@@ -38,6 +38,13 @@ def check_fresh(run_dir: Path, resume) -> None:
                           "to continue it, or choose another directory")
 
 
+def task_overrides() -> list:
+    """The command line's overrides of this job (empty outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def run(cfg, run_dir=None):
     """Train ``cfg`` in ``run_dir`` (default: Hydra's output dir). Returns the best value of
     ``checkpoint.monitor`` (what a Hydra sweeper optimises)."""
@@ -50,16 +57,38 @@ def run(cfg, run_dir=None):
     trainer = None
     try:
         validate(cfg)
+        from trainforge import resume  # torch-heavy imports stay out of config errors
+        from trainforge.build import build
+
+        ckpt_path, ckpt = resume.find_checkpoint(cfg.resume, run_dir) if cfg.resume else (None, None)
+        overrides = task_overrides()
+        if ckpt is not None:
+            cfg = resume.recompose(cfg, ckpt, overrides)
+            validate(cfg)
+            changes = resume.check_drift(ckpt["config"], cfg, force=bool(cfg.resume_force))
+            overrides = resume.merged_overrides(ckpt.get("overrides", []), overrides)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         log.info("Run directory: %s", run_dir)
-        from trainforge.build import build  # torch-heavy imports stay out of config errors
-
-        trainer = build(cfg, run_dir)
+        trainer = build(cfg, run_dir, overrides, resuming=ckpt is not None)
+        if ckpt is not None:
+            missing = _checkpointer(trainer).restore(ckpt)
+            log.info("Resumed from %s at epoch %d, batch %d, step %d%s", ckpt_path, trainer.epoch + 1,
+                     trainer.batch_in_epoch, trainer.step, f"; changed: {', '.join(changes)}" if changes else "")
+            if missing:
+                log.warning("The checkpoint holds no %s state: starting it fresh", ", ".join(missing))
         log.info("Device: %s - precision: %s - parameters: %d - train batches/epoch: %d",
                  trainer.device, trainer.precision.mode, sum(p.numel() for p in trainer.params),
                  trainer.batches_per_epoch)
         trainer.fit()
         trainer.raise_if_nonfinite(_checkpointer(trainer).last_good)
+        if trainer.preempted_by:
+            raise Preempted(f"{trainer.stop_reason}: saved {_checkpointer(trainer).last_good}; continue with "
+                            f"resume={run_dir}")
+    except Preempted as e:
+        log.warning("%s", e, extra={"console": False})
+        write_status(run_dir, "PREEMPTED", error=str(e), started=started, exit_code=e.exit_code, **_final(trainer))
+        _preemption(trainer).hand_on()
+        raise
     except TrainforgeError as e:
         log.error("%s", e, extra={"console": False})  # the CLI prints it once, on stderr
         write_status(run_dir, "FAILED", error=str(e), started=started, **_final(trainer))
@@ -81,6 +110,12 @@ def _checkpointer(trainer):
     from trainforge.engine.hooks import CheckpointHook
 
     return next(h for h in trainer.hooks if isinstance(h, CheckpointHook))
+
+
+def _preemption(trainer):
+    from trainforge.engine.hooks import PreemptionHook
+
+    return next(h for h in trainer.hooks if isinstance(h, PreemptionHook))
 
 
 def _final(trainer) -> dict:

@@ -87,33 +87,56 @@ def publish(src: Path, dst: Path) -> None:
     _fsync_dir(dst.parent)
 
 
-def load_checkpoint(path) -> dict:
-    """Load a trainforge checkpoint with ``weights_only=True``.
-
-    Raises CheckpointError with one line naming the file and the problem: missing, empty,
-    truncated or corrupt, holding pickled objects (refused; nothing in it runs), or foreign.
-    """
+def safe_load(path):
+    """``torch.load(path, weights_only=True)`` with one-line CheckpointErrors naming the
+    file: missing, empty, truncated or corrupt, or holding pickled objects (refused before
+    anything in it runs)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        detail = str(e).split("\n")[-1].strip() if "Unsupported global" not in str(e) else \
-            str(e)[str(e).find("Unsupported global"):].split("\n")[0].rstrip(". ")
+        text = str(e)
+        detail = text[text.find("Unsupported global"):].split("\n")[0].rstrip(". ") \
+            if "Unsupported global" in text else text.strip().split("\n")[-1]
         raise CheckpointError(f"{path}: refused: it holds pickled Python objects that safe "
                               f"(weights_only) loading does not allow ({detail})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({first})") from None
+
+
+def load_checkpoint(path) -> dict:
+    """Load a trainforge checkpoint safely; a foreign file is a one-line CheckpointError."""
+    ckpt = safe_load(path)
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path}: not a trainforge checkpoint (no format_version/model keys)")
     if ckpt["format_version"] > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {ckpt['format_version']} is newer than this "
                               f"trainforge understands ({FORMAT_VERSION})")
     return ckpt
+
+
+def load_weights(model, path) -> tuple:
+    """Warm start: load a weights file (``best_model_weights.pt``, any plain state_dict, or
+    a checkpoint's ``model``) into ``model`` non-strictly. ``module.``/``_orig_mod.``
+    prefixes are stripped. Returns (missing_keys, unexpected_keys); a shape mismatch is a
+    CheckpointError naming the keys."""
+    obj = safe_load(path)
+    state = obj.get("model", obj) if isinstance(obj, dict) else obj
+    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state_dict of tensors (nor a checkpoint holding one)")
+    state = {k.replace("module.", "", 1).replace("_orig_mod.", "", 1): v for k, v in state.items()}
+    own = model.state_dict()
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+           if k in own and own[k].shape != v.shape]
+    if bad:
+        raise CheckpointError(f"{path}: shapes differ from the model's: {'; '.join(bad[:5])}")
+    result = model.load_state_dict(state, strict=False)
+    return list(result.missing_keys), list(result.unexpected_keys)
 
 
 class CheckpointManager:
@@ -131,6 +154,8 @@ class CheckpointManager:
         self.monitor, self.mode = monitor, mode
         self.best = {"monitor": monitor, "mode": mode, "value": None, "epoch": None}
         self.entries: list[dict] = []  # epoch files: {"file", "epoch", "metric"}
+        for stale in [*self.run_dir.glob(".*.tmp"), *(self.run_dir / EPOCH_DIR).glob(".*.tmp")]:
+            stale.unlink(missing_ok=True)  # left by a writer killed mid-save; never a committed file
 
     # ---- state (the retention table travels inside each checkpoint) ----
     def state_dict(self) -> dict:

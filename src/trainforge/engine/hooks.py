@@ -67,6 +67,8 @@ class LoggingHook(HookBase):
             self.batch_csv = BatchCSV(self.run_dir / "batch_metrics.csv", ["epoch", "batch", "step", *names, "lr"])
             self.batch_csv.truncate_after(t.epoch + 1, t.batch_in_epoch)
         self.last_lr = t.optimizer.param_groups[0]["lr"]
+        if t.history or t.batch_in_epoch:  # resumed: the files restart from the checkpoint's history
+            write_epoch_files(self.run_dir, t.history)
 
     def before_epoch(self) -> None:
         self.start = time.perf_counter()
@@ -100,10 +102,13 @@ class LoggingHook(HookBase):
         if self.batch_csv is not None:
             self.batch_csv.flush()
 
-    def after_train(self) -> None:
+    def flush(self) -> None:
         self._write(self.trainer.collect(block=True))
         if self.batch_csv is not None:
             self.batch_csv.flush()
+
+    def after_train(self) -> None:
+        self.flush()
 
 
 class PlateauHook(HookBase):
@@ -122,8 +127,9 @@ class CheckpointHook(HookBase):
     A checkpoint is never written from an epoch whose losses went non-finite.
     """
 
-    def __init__(self, manager: CheckpointManager, config_yaml: str, save_optimizer=True, every_n_steps=0):
-        self.manager, self.config_yaml = manager, config_yaml
+    def __init__(self, manager: CheckpointManager, config_yaml: str, save_optimizer=True, every_n_steps=0,
+                 overrides=()):
+        self.manager, self.config_yaml, self.overrides = manager, config_yaml, list(overrides)
         self.save_optimizer, self.every_n_steps = save_optimizer, every_n_steps
         self.saved_step = -1
 
@@ -136,7 +142,24 @@ class CheckpointHook(HookBase):
         return objs
 
     def extra(self) -> dict:
-        return {**self.trainer.state_dict(), "config": self.config_yaml}
+        return {**self.trainer.state_dict(), "config": self.config_yaml, "overrides": self.overrides}
+
+    def restore(self, ckpt: dict) -> list:
+        """Load every object's state from ``ckpt``; RNG last, so nothing consumes it after.
+        Returns the names of objects the checkpoint did not hold."""
+        objects = self.objects()
+        if "optimizer" not in objects:
+            objects["optimizer"] = self.trainer.optimizer
+        rng = objects.pop("rng")
+        missing = [name for name in objects if name not in ckpt]
+        for name, obj in objects.items():
+            if name in ckpt:
+                obj.load_state_dict(ckpt[name])
+        self.trainer.load_state_dict(ckpt)
+        self.manager.load_state_dict(ckpt["retention"])
+        self.saved_step = self.trainer.step
+        rng.load_state_dict(ckpt["rng"])
+        return missing
 
     def after_step(self) -> None:
         t = self.trainer
@@ -155,6 +178,7 @@ class CheckpointHook(HookBase):
         """Save the current state as latest (used mid-epoch and on preemption)."""
         if not self.safe():
             return False
+        self.trainer.flush()
         if dist.is_main():
             self.manager.save_latest(self.objects(), self.extra())
         self.saved_step = self.trainer.step
@@ -165,6 +189,7 @@ class CheckpointHook(HookBase):
         if not self.safe():
             log.warning("epoch %d had non-finite losses: no checkpoint written", t.epoch + 1)
             return
+        self.trainer.flush()
         monitor = self.manager.monitor
         metric = flatten(t.history[-1]).get(monitor)
         if dist.is_main():
@@ -177,3 +202,56 @@ class CheckpointHook(HookBase):
     def last_good(self) -> str:
         path = self.manager.run_dir / LATEST
         return str(path) if path.exists() else "none"
+
+
+class PreemptionHook(HookBase):
+    """SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 ask the trainer to stop after the step in
+    flight; ``after_train`` then saves ``latest_checkpoint.pth`` and hands the signal on
+    to whatever handler was there before (submitit's requeue, for one). A second signal
+    of the same kind gets the previous handler at once."""
+
+    SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
+
+    def __init__(self, checkpointer: CheckpointHook):
+        self.checkpointer, self.previous = checkpointer, {}
+
+    def before_train(self) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
+        signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))  # a second one is not gentle
+        log.warning("%s received: finishing the current step, then saving latest_checkpoint.pth", name)
+        self.trainer.request_stop(f"preempted by {name}", name)
+
+    def after_train(self) -> None:
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {sig: h for sig, h in self.previous.items() if callable(h)}
+        t = self.trainer
+        if t.preempted_by and self.checkpointer.save_latest():
+            log.warning("Saved %s at epoch %d, batch %d, step %d", self.checkpointer.last_good,
+                        t.epoch + 1, t.batch_in_epoch, t.step)
+
+    def hand_on(self) -> None:
+        """After the save: pass the signal to the handler that was installed before ours
+        if it is a Python function (submitit's requeue); the default ones are replaced
+        by the documented exit code."""
+        import signal
+
+        sig = getattr(signal, self.trainer.preempted_by or "", None)
+        handler = self.previous.get(sig)
+        if handler is not None and handler is not signal.default_int_handler:
+            handler(sig, None)

@@ -23,6 +23,8 @@ class HookBase:
             after_epoch()
         after_train()
 
+    plus ``flush()``, called before any checkpoint is written: write out whatever is
+    buffered, so the files on disk cover everything the checkpoint covers.
     ``after_step`` runs every micro-batch: keep it cheap and free of host syncs.
     """
 
@@ -33,6 +35,7 @@ class HookBase:
     def after_step(self): ...
     def after_epoch(self): ...
     def after_train(self): ...
+    def flush(self): ...
 
 
 class StepMeter:
@@ -144,6 +147,7 @@ class BaseTrainer:
         self.epoch = self.step = self.batch_in_epoch = 0
         self.history: list = []
         self.stop_reason: str | None = None
+        self.preempted_by: str | None = None  # the signal that asked this run to stop
         self.meter = StepMeter(device)
         self.stats = EpochStats(self.value_names, device)
         self.hooks = list(hooks)
@@ -266,6 +270,14 @@ class BaseTrainer:
         self.sampler.load_state_dict(state["sampler"])
         if self.batch_in_epoch:
             self.stats.load_state_dict(state["epoch_stats"])
+
+    def request_stop(self, reason: str, signal_name: str | None = None) -> None:
+        """Stop at the next window boundary (the step in flight finishes first)."""
+        self.stop_reason = self.stop_reason or reason
+        self.preempted_by = self.preempted_by or signal_name
+
+    def flush(self) -> None:
+        self._call("flush")
 
     def _call(self, name: str) -> None:
         for hook in self.hooks:

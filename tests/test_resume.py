@@ -1,0 +1,170 @@
+"""Exact resume and fault tolerance (issue 3): straight == interrupted + resumed, bitwise."""
+from __future__ import annotations
+
+import csv
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT
+from trainforge.build import build_model
+from trainforge.engine.checkpoint import load_checkpoint
+from trainforge.errors import CheckpointError, Preempted
+
+DET = ["data.image_size=32", "log.progress=false", "trainer.deterministic=true", "log.batch_metrics=true"]
+QUICK = [*DET, "data.num_samples=160"]  # 8 batches an epoch
+LONG = [*DET, "data.num_samples=800", "checkpoint.every_n_steps=5"]  # 40 batches an epoch
+
+
+def final_state(run):
+    ckpt = load_checkpoint(run / "latest_checkpoint.pth")
+    return ckpt["model"], ckpt["optimizer"]
+
+
+def assert_same_run(a, b):
+    """Bitwise-equal weights and optimizer state; identical epoch and batch histories."""
+    (wa, oa), (wb, ob) = final_state(a), final_state(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    for sa, sb in zip(oa["state"].values(), ob["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    ha, hb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
+    strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_time"} for r in h]  # noqa: E731
+    assert strip(ha) == strip(hb)
+    ea, eb = ([{k: v for k, v in r.items() if k != "epoch_time"} for r in csv.DictReader(open(r / "epoch_metrics.csv"))]
+              for r in (a, b))
+    assert ea == eb and [int(r["epoch"]) for r in eb] == list(range(1, len(eb) + 1))
+    ba, bb = ((r / "batch_metrics.csv").read_text() for r in (a, b))
+    assert ba == bb  # every batch exactly once, same values
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_two_epochs_then_resume_equals_four_straight(train, tmp_path, workers):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    args = [*QUICK, f"data.num_workers={workers}"]
+    train(*args, "trainer.epochs=4", f"hydra.run.dir={straight}")
+    train(*args, "trainer.epochs=2", f"hydra.run.dir={split}")
+    proc = train(f"+resume={split}/latest_checkpoint.pth", "trainer.epochs=4")
+    assert "Resumed from" in proc.stdout and "trainer.epochs 2 -> 4" in proc.stdout
+    assert not (tmp_path / "outputs").exists()  # the resumed run continued in its own directory
+    assert_same_run(straight, split)
+    assert json.loads((split / "status.json").read_text())["status"] == "COMPLETED"
+
+
+def wait_for(path, proc, timeout=120):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.time() < deadline
+        time.sleep(0.01)
+
+
+def start(env, tmp_path, *args):
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_at_any_moment_then_resume_auto_is_exact(train, env, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    train(*LONG, "trainer.epochs=2", f"hydra.run.dir={straight}")
+    proc = start(env, tmp_path, *LONG, "trainer.epochs=2", f"hydra.run.dir={killed}")
+    wait_for(killed / "latest_checkpoint.pth", proc)
+    time.sleep(random.uniform(0.0, 1.0))  # an arbitrary moment after the first mid-epoch save
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    ckpt = load_checkpoint(killed / "latest_checkpoint.pth")
+    print(f"killed after epoch {ckpt['epoch']} batch {ckpt['batch_in_epoch']}")
+    train("resume=auto", f"hydra.run.dir={killed}")
+    assert_same_run(straight, killed)
+
+
+def test_sigterm_mid_epoch_saves_marks_preempted_and_resumes_exactly(train, env, tmp_path):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    args = [*DET, "data.num_samples=800", "trainer.epochs=2"]
+    train(*args, f"hydra.run.dir={straight}")
+    proc = start(env, tmp_path, *args, f"hydra.run.dir={stopped}")
+    log = stopped / "training.log"
+    wait_for(log, proc)
+    while "(3/40)" not in log.read_text():
+        assert proc.poll() is None
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == Preempted.EXIT_CODE
+    err = proc.stderr.read().strip().splitlines()
+    assert len(err) == 1 and "SIGTERM" in err[0] and "latest_checkpoint.pth" in err[0]
+    status = json.loads((stopped / "status.json").read_text())
+    assert status["status"] == "PREEMPTED" and status["exit_code"] == Preempted.EXIT_CODE
+    ckpt = load_checkpoint(stopped / "latest_checkpoint.pth")
+    assert ckpt["epoch"] == 0 and 3 <= ckpt["batch_in_epoch"] < 40  # mid-epoch, after the step in flight
+    train(f"resume={stopped}")
+    assert_same_run(straight, stopped)
+
+
+def test_killed_while_saving_every_step_never_leaves_unloadable_latest(env, tmp_path):
+    run = tmp_path / "run"
+    args = [*DET, "data.num_samples=800", "checkpoint.every_n_steps=1", "trainer.epochs=1"]
+    for attempt in range(4):
+        proc = start(env, tmp_path, *args, f"hydra.run.dir={run}", *(["resume=auto"] if attempt else []))
+        wait_for(run / "latest_checkpoint.pth", proc)
+        time.sleep(random.uniform(0.05, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        load_checkpoint(run / "latest_checkpoint.pth")  # raises if unloadable
+    proc = start(env, tmp_path, *args, f"hydra.run.dir={run}", "resume=auto")
+    assert proc.wait(timeout=300) == 0
+    assert list(run.rglob(".*.tmp")) == []  # temp files of killed writers are swept up
+
+
+def test_resume_auto_falls_back_past_a_corrupt_latest(train, tmp_path):
+    run = tmp_path / "run"
+    train(*QUICK, "trainer.epochs=2", f"hydra.run.dir={run}")
+    latest = run / "latest_checkpoint.pth"
+    latest.unlink()  # it is a hard link of the epoch-2 file: cut the link before truncating
+    latest.write_bytes(b"\x00" * 100)
+    proc = train("resume=auto", "trainer.epochs=3", f"hydra.run.dir={run}")
+    assert "Skipping" in proc.stdout and "latest_checkpoint.pth" in proc.stdout
+    assert "checkpoint_epoch_002.pth at epoch 3" in proc.stdout
+    assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1, 2, 3]
+
+
+def test_resume_from_truncated_file_is_one_line(train, tmp_path):
+    run = tmp_path / "run"
+    train(*QUICK, "trainer.epochs=1", f"hydra.run.dir={run}")
+    bad = run / "checkpoints" / "cut.pth"
+    data = (run / "latest_checkpoint.pth").read_bytes()
+    bad.write_bytes(data[: len(data) // 3])
+    proc = train(f"resume={bad}", check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(err) == 1 and str(bad) in err[0] and "truncated" in err[0]
+
+
+def test_config_drift_is_refused_unless_forced(train, tmp_path):
+    run = tmp_path / "run"
+    train(*QUICK, "trainer.epochs=1", f"hydra.run.dir={run}")
+    proc = train(f"resume={run}", "data.batch_size=8", "loss=dice", "trainer.epochs=2", check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(err) == 1
+    assert "data.batch_size 16 -> 8" in err[0] and "loss._target_" in err[0] and "resume_force" in err[0]
+    assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1]
+    train(f"resume={run}", "data.batch_size=8", "trainer.epochs=2", "+resume_force=true")
+    assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1, 2]
+
+
+def test_warm_start_loads_weights_and_reports_keys(train, compose_cfg, tmp_path):
+    run = tmp_path / "run"
+    train(*QUICK, "trainer.epochs=1", f"hydra.run.dir={run}")
+    weights = run / "best_model_weights.pt"
+    cfg = compose_cfg(f"model.init_weights={weights}")
+    model = build_model(cfg.model, warm_start=True)
+    saved = torch.load(weights, weights_only=True)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    proc = train(*QUICK, "trainer.epochs=1", f"model.init_weights={weights}", f"hydra.run.dir={tmp_path / 'ft'}")
+    assert "Warm start from" in proc.stdout and "0 missing keys" in proc.stdout
+    wider = compose_cfg(f"model.init_weights={weights}", "model.base_channels=16")
+    with pytest.raises(CheckpointError, match="shapes differ"):
+        build_model(wider.model, warm_start=True)
