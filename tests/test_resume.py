@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import signal
 import subprocess
@@ -168,3 +169,29 @@ def test_warm_start_loads_weights_and_reports_keys(train, compose_cfg, tmp_path)
     wider = compose_cfg(f"model.init_weights={weights}", "model.base_channels=16")
     with pytest.raises(CheckpointError, match="shapes differ"):
         build_model(wider.model, warm_start=True)
+
+
+def test_submitit_preemption_requeues_and_continues_exactly(train, env, tmp_path, monkeypatch):
+    import submitit
+
+    from conftest import CONF
+    from trainforge.submit import TrainJob
+
+    straight, job_dir = tmp_path / "straight", tmp_path / "job"
+    args = [*LONG, "trainer.epochs=2"]
+    train(*args, f"hydra.run.dir={straight}")
+    monkeypatch.setenv("TRAINFORGE_DATA_DIR", env["TRAINFORGE_DATA_DIR"])
+    executor = submitit.LocalExecutor(folder=tmp_path / "submitit")
+    executor.update_parameters(timeout_min=10)
+    job = executor.submit(TrainJob(CONF, args, job_dir))
+    deadline = time.time() + 120
+    while not (job_dir / "latest_checkpoint.pth").exists():
+        assert time.time() < deadline and not job.done(), job.stderr()
+        time.sleep(0.01)
+    pid = json.loads((job_dir / "status.json").read_text())["pid"]
+    os.kill(pid, signal.SIGUSR2)  # what SLURM (or submitit at timeout) sends the task
+    job.result()
+    log = (job_dir / "training.log").read_text()
+    assert "SIGUSR2 received" in log and "Resumed from" in log
+    assert json.loads((job_dir / "status.json").read_text())["status"] == "COMPLETED"
+    assert_same_run(straight, job_dir)

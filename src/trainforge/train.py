@@ -45,11 +45,14 @@ def task_overrides() -> list:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def run(cfg, run_dir=None):
-    """Train ``cfg`` in ``run_dir`` (default: Hydra's output dir). Returns the best value of
-    ``checkpoint.monitor`` (what a Hydra sweeper optimises)."""
+def run(cfg, run_dir=None, overrides=None):
+    """Train ``cfg`` in ``run_dir`` (default: Hydra's output dir). ``overrides`` are the
+    command line's (default: Hydra's), kept in checkpoints so a resume can recompose the
+    same config. Returns the best value of ``checkpoint.monitor`` (for sweepers)."""
     run_dir = Path(run_dir) if run_dir is not None else output_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.resume is None and os.environ.get("SUBMITIT_FOLDER") and (run_dir / STATUS).exists():
+        cfg.resume = "auto"  # a requeued submitit job (any launcher) continues its own run
     check_fresh(run_dir, cfg.resume)
     log = setup_logging(run_dir, dist.is_main())
     started = time.time()
@@ -61,7 +64,7 @@ def run(cfg, run_dir=None):
         from trainforge.build import build
 
         ckpt_path, ckpt = resume.find_checkpoint(cfg.resume, run_dir) if cfg.resume else (None, None)
-        overrides = task_overrides()
+        overrides = task_overrides() if overrides is None else list(overrides)
         if ckpt is not None:
             cfg = resume.recompose(cfg, ckpt, overrides)
             validate(cfg)

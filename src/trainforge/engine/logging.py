@@ -58,7 +58,7 @@ def epoch_block(record: dict, epochs: int, eta_s: float, note: str = "") -> str:
     train, val = record["train"], record.get("val", {})
     lines = [RULE, f"Epoch [{record['epoch']}/{epochs}] done",
              f"  Train loss: avg {train['loss']:.6f} - min {train['loss_min']:.6f} - max {train['loss_max']:.6f}"]
-    parts = [f"{k} {v:.6f}" for k, v in train.items() if k not in ("loss", "loss_min", "loss_max")]
+    parts = [f"{k} {v:.6g}" for k, v in train.items() if k not in ("loss", "loss_min", "loss_max")]
     if parts:
         lines.append("  Train: " + " - ".join(parts))
     lines.append(f"  LR: {record['lr']:.8f}")
