@@ -1,0 +1,47 @@
+"""A seeded sampler that owns its permutation, so a resume can skip ahead in O(1)."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Sampler
+
+
+class EpochSampler(Sampler[int]):
+    """Yields a permutation that depends only on (seed, epoch), split across ranks.
+
+    The state is ``{"epoch", "position"}``: ``position`` samples of this rank's share of
+    the epoch are already consumed and the next iteration starts after them, without
+    touching the data. ``position`` goes back to 0 once an iteration has started.
+    """
+
+    def __init__(self, length: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        self.length, self.seed, self.shuffle = length, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.position = 0, 0
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """This rank's sample indices for ``epoch`` (padded so every rank gets as many)."""
+        if self.shuffle:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % (2 ** 63))
+            idx = torch.randperm(self.length, generator=g)
+        else:
+            idx = torch.arange(self.length)
+        total = -(-self.length // self.world_size) * self.world_size
+        if total > self.length:
+            idx = torch.cat([idx, idx[: total - self.length]])
+        return idx[self.rank:total:self.world_size]
+
+    def __len__(self) -> int:
+        return -(-self.length // self.world_size)
+
+    def __iter__(self):
+        start, self.position = self.position, 0
+        return iter(self.order(self.epoch)[start:].tolist())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
