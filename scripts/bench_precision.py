@@ -98,7 +98,7 @@ def sync_audit(trainer, data):
                 trainer._call("after_step")
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    syncs = [str(w.message).splitlines()[0] for w in caught if "ynchroniz" in str(w.message)]
+    syncs = [str(w.message).splitlines()[0] for w in caught if "called a synchronizing" in str(w.message)]
     return len(syncs), sorted(set(syncs))[:3]
 
 
