@@ -253,6 +253,9 @@ def validate(cfg) -> None:
     clip = cfg.trainer.clip_grad
     if clip is not None and clip <= 0:
         raise ConfigError(f"trainer.clip_grad={clip}: must be > 0 (or null for no clipping)")
+    if cfg.log.tensorboard:
+        raise ConfigError("log.tensorboard=true: TensorBoard logging is not available yet; "
+                          "epoch_metrics.csv and metrics.json hold every metric")
     if cfg.trainer.devices != 1:
         raise ConfigError(f"trainer.devices={cfg.trainer.devices}: multi-process DDP is not "
                           "available yet; use torchrun or trainer.devices=1")
