@@ -91,8 +91,9 @@ def build(cfg, run_dir, overrides=(), resuming=False) -> BaseTrainer:
 
     data = instantiate(cfg.data)
     train_set, val_set = data.train_set(), data.val_set()
-    sampler = EpochSampler(len(train_set), seed=cfg.seed, shuffle=data.shuffle,
-                           rank=dist.rank(), world_size=dist.world_size())
+    lengths = train_set.lengths() if getattr(data, "bucket", False) else None
+    sampler = EpochSampler(len(train_set), seed=cfg.seed, shuffle=data.shuffle, rank=dist.rank(),
+                           world_size=dist.world_size(), lengths=lengths, batch_size=data.batch_size)
     loader_args = dict(batch_size=data.batch_size, num_workers=data.num_workers, pin_memory=data.pin_memory,
                        persistent_workers=data.num_workers > 0, collate_fn=data.collate_fn)
     # the loader's own generator keeps worker seeding off the global RNG (exact resume)

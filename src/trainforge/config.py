@@ -31,6 +31,27 @@ class UNetConf:
     init_weights: Optional[str] = None  # warm start: a weights file or checkpoint (not used on resume)
 
 
+@dataclass
+class CNNConf:
+    _target_: str = "trainforge.models.CNN"
+    in_channels: int = 1
+    num_classes: int = 10
+    channels: int = 32
+    dropout: float = 0.1
+    init_weights: Optional[str] = None
+
+
+@dataclass
+class SeqEncoderConf:
+    _target_: str = "trainforge.models.SeqEncoder"
+    num_variables: int = 16
+    dim: int = 32
+    layers: int = 1
+    heads: int = 4
+    dropout: float = 0.0
+    init_weights: Optional[str] = None
+
+
 # ---- data --------------------------------------------------------------------------
 @dataclass
 class GlintConf:
@@ -41,11 +62,49 @@ class GlintConf:
     num_workers: int = 0
     pin_memory: bool = False
     preload: bool = True
+    shared_memory: bool = False  # one copy in /dev/shm for every process using the same data
     shuffle: bool = True
     num_samples: int = 1280
     image_size: int = 64
     val_fraction: float = 0.2
     threshold: float = 0.5
+    image_key: str = "images"  # HDF5 dataset of images, (N, 1, S, S)
+    mask_key: str = "masks"  # HDF5 dataset of masks, same shape
+
+
+@dataclass
+class DigitsConf:
+    _target_: str = "trainforge.data.DigitsData"
+    path: Optional[str] = None  # null: scikit-learn's bundled digits, converted into cache_dir once
+    cache_dir: str = "${oc.env:TRAINFORGE_DATA_DIR,'~/.cache/trainforge'}"
+    batch_size: int = 64
+    num_workers: int = 0
+    pin_memory: bool = False
+    preload: bool = True
+    shared_memory: bool = False  # one copy in /dev/shm for every process using the same data
+    shuffle: bool = True
+    val_fraction: float = 0.2
+    split_seed: int = 0
+
+
+@dataclass
+class SeqSetConf:
+    _target_: str = "trainforge.data.SeqSetData"
+    path: Optional[str] = None  # null: the embedded synthetic set, generated into cache_dir on first use
+    cache_dir: str = "${oc.env:TRAINFORGE_DATA_DIR,'~/.cache/trainforge'}"
+    batch_size: int = 32
+    num_workers: int = 0
+    pin_memory: bool = False
+    preload: bool = True
+    shared_memory: bool = False  # one copy in /dev/shm for every process using the same data
+    shuffle: bool = True
+    num_patients: int = 2000
+    num_variables: int = 16
+    min_length: int = 8
+    max_length: int = 128
+    max_sequence_length: Optional[int] = None  # truncate, keeping the most recent events
+    val_fraction: float = 0.2
+    bucket: bool = False  # group similar lengths into batches (less padding)
 
 
 # ---- loss --------------------------------------------------------------------------
@@ -77,6 +136,12 @@ class HybridConf:
     alpha: float = 0.5
     gamma: float = 2.0
     smooth: float = 1.0
+
+
+@dataclass
+class CEConf:
+    _target_: str = "trainforge.losses.CELoss"
+    label_smoothing: float = 0.0
 
 
 # ---- optimizer (partial: the parameters come at build time) ---------------------------
@@ -203,9 +268,9 @@ class TrainConf:
 
 
 SCHEMAS = {
-    "model": {"unet": UNetConf},
-    "data": {"glint": GlintConf},
-    "loss": {"focal": FocalConf, "bce": BCEConf, "dice": DiceConf, "hybrid": HybridConf},
+    "model": {"unet": UNetConf, "cnn": CNNConf, "seqencoder": SeqEncoderConf},
+    "data": {"glint": GlintConf, "digits": DigitsConf, "seqset": SeqSetConf},
+    "loss": {"focal": FocalConf, "bce": BCEConf, "dice": DiceConf, "hybrid": HybridConf, "ce": CEConf},
     "optimizer": {"adamw": AdamWConf, "adam": AdamConf, "sgd": SGDConf},
     "scheduler": {"none": NoSchedConf, "cosine": CosineConf, "step": StepConf,
                   "multistep": MultiStepConf, "plateau": PlateauConf},

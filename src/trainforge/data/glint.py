@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainforge.data.h5 import H5Dataset, atomic_h5, check_h5
+from trainforge.data.h5 import H5Dataset, atomic_h5, check_h5, passthrough
 from trainforge.errors import DataError
 from trainforge.metrics import SegmentationMetrics
 
@@ -45,16 +45,17 @@ class GlintData:
     ``path`` null means the embedded set in ``cache_dir``; an explicit path must exist.
     """
 
-    keys = ("images", "masks")
-    collate_fn = None
+    collate_fn = staticmethod(passthrough)
 
     def __init__(self, path, cache_dir, batch_size, num_workers=0, pin_memory=False, preload=True,
-                 shuffle=True, num_samples=1280, image_size=64, val_fraction=0.2, threshold=0.5):
+                 shuffle=True, num_samples=1280, image_size=64, val_fraction=0.2, threshold=0.5,
+                 image_key="images", mask_key="masks", shared_memory=False):
         if not 0.0 < val_fraction < 1.0:
             raise DataError(f"data.val_fraction={val_fraction}: must be between 0 and 1")
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
-        self.preload, self.shuffle, self.threshold = preload, shuffle, threshold
+        self.preload, self.shuffle, self.threshold, self.shared = preload, shuffle, threshold, shared_memory
         self.val_fraction, self.image_size = val_fraction, image_size
+        self.keys = (image_key, mask_key)
         if path is None:
             path = Path(cache_dir).expanduser() / f"glint_{image_size}_{num_samples}.h5"
             if not path.is_file():
@@ -70,10 +71,10 @@ class GlintData:
         self.num_samples = n
 
     def train_set(self):
-        return H5Dataset(self.path, self.keys, 0, self.split, self.preload)
+        return H5Dataset(self.path, self.keys, 0, self.split, self.preload, shared=self.shared)
 
     def val_set(self):
-        return H5Dataset(self.path, self.keys, self.split, self.num_samples, self.preload)
+        return H5Dataset(self.path, self.keys, self.split, self.num_samples, self.preload, shared=self.shared)
 
     def metrics(self):
         return SegmentationMetrics(self.threshold)

@@ -17,7 +17,7 @@ from trainforge.engine import distributed as dist
 from trainforge.engine.checkpoint import CheckpointManager, LATEST
 from trainforge.engine.logging import LOGGER, BatchCSV, batch_line, epoch_block, flatten, write_epoch_files
 from trainforge.engine.rng import RNGState
-from trainforge.engine.trainer import HookBase
+from trainforge.engine.trainer import HookBase, to_device
 
 log = logging.getLogger(LOGGER)
 
@@ -35,12 +35,12 @@ class EvalHook(HookBase):
         t.model.eval()
         self.metrics.reset()
         sums = torch.zeros(1 + len(t.component_names), dtype=torch.float64, device=t.device)
-        for inputs, target in self.loader:
-            inputs, target = inputs.to(t.device, non_blocking=True), target.to(t.device, non_blocking=True)
+        for batch in self.loader:
+            inputs, target = to_device(batch, t.device)
             with t.precision.autocast():
                 output = t.model(inputs)
             loss, parts = t.loss_fn(output, target)
-            sums += torch.stack([loss, *(parts[k] for k in t.component_names)]).double() * len(inputs)
+            sums += torch.stack([loss, *(parts[k] for k in t.component_names)]).double() * len(target)
             self.metrics.update(output, target)
         count = float(len(self.loader.dataset))
         values = (dist.all_reduce_sum(sums) / count).tolist()

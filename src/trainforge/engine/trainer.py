@@ -13,6 +13,17 @@ import torch
 from trainforge.errors import NonFiniteLossError
 
 
+def to_device(obj, device: torch.device):
+    """Tensors (also inside tuples, lists and dicts) moved without blocking the host."""
+    if torch.is_tensor(obj):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
 class HookBase:
     """A periodic side effect. The trainer calls, in hook-list order::
 
@@ -176,8 +187,8 @@ class BaseTrainer:
 
     def run_step(self, batch) -> None:
         """One micro-batch: forward, backward and, at a window boundary, the update."""
-        inputs, target = (t.to(self.device, non_blocking=True) for t in batch)
-        weight = len(inputs) / self._window_samples()
+        inputs, target = to_device(batch, self.device)
+        weight = len(target) / self._window_samples()
         with self.precision.autocast():
             output = self.model(inputs)
         loss, parts = self.loss_fn(output, target)

@@ -1,4 +1,6 @@
-"""Validation metrics: accumulate device tensors per batch, one host read in ``compute``."""
+"""Validation metrics: accumulate device tensors per batch, one host read in ``compute``.
+
+A metric has ``names``, ``reset()``, ``update(output, target)`` and ``compute() -> dict``."""
 from __future__ import annotations
 
 import torch
@@ -28,3 +30,28 @@ class SegmentationMetrics:
         union = pred + tgt - inter
         return {"dice": 2 * inter / (pred + tgt) if pred + tgt else 1.0,
                 "iou": inter / union if union else 1.0}
+
+
+class AccuracyMetric:
+    """Accuracy of class logits (N, C) by argmax, or of binary logits (N,) by sigmoid > 0.5."""
+
+    names = ("accuracy",)
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._counts = None  # [correct, total]
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        if logits.ndim == 2 and logits.shape[1] > 1:
+            pred = logits.argmax(dim=1)
+        else:
+            pred = (logits.reshape(target.shape).float() > 0).to(target.dtype)
+        counts = torch.stack([(pred == target).sum(), torch.tensor(target.numel(), device=target.device)]).double()
+        self._counts = counts if self._counts is None else self._counts + counts
+
+    def compute(self) -> dict:
+        correct, total = self._counts.tolist()
+        return {"accuracy": correct / total if total else 0.0}

@@ -1,3 +1,5 @@
+from trainforge.models.cnn import CNN
+from trainforge.models.seq import SeqEncoder
 from trainforge.models.unet import UNet
 
-__all__ = ["UNet"]
+__all__ = ["CNN", "SeqEncoder", "UNet"]
