@@ -17,21 +17,49 @@ def options(group):
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+EXPERIMENTS = {"default": [], "digits": ["experiment=digits"], "seqset": ["experiment=seqset"]}
+
+
+QUICK = {"default": SMALL, "digits": ["trainer.epochs=2"], "seqset": ["data.num_patients=100", "trainer.epochs=2"]}
+
+
+def natural(option):
+    """The experiment an option belongs to (models, data and losses need matching partners),
+    with overrides that keep it small."""
+    name = {"cnn": "digits", "digits": "digits", "ce": "digits", "seqencoder": "seqset", "seqset": "seqset"}.get(
+        option, "default")
+    return [*EXPERIMENTS[name], *QUICK[name]]
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_instantiates(compose_cfg, group, option):
-    cfg = compose_cfg(f"{group}={option}", *SMALL)
+    cfg = compose_cfg(*natural(option), f"{group}={option}")
     model = build_model(cfg.model, warm_start=False)
     data = instantiate(cfg.data)
-    x, y = data.train_set()[0]
-    out = model(x[None])
-    loss, parts = instantiate(cfg.loss)(out, y[None])
+    loss_fn = instantiate(cfg.loss)
+    batch = data.collate_fn([data.train_set()[i] for i in range(2)]) if data.collate_fn.__name__ == "pad_collate" \
+        else data.train_set().__getitems__([0, 1])
+    out = model(batch[0])
+    loss, parts = loss_fn(out, batch[1])
     assert loss.ndim == 0 and torch.isfinite(loss)
-    assert set(parts) == set(instantiate(cfg.loss).component_names)
+    assert set(parts) == set(loss_fn.component_names)
+    metrics = data.metrics()
+    metrics.update(out, batch[1])
+    assert set(metrics.compute()) == set(metrics.names)
     opt = instantiate(cfg.optimizer, _convert_="all")(model.parameters())
     sched = instantiate(cfg.scheduler, _convert_="all")(opt, steps_per_epoch=4, epochs=cfg.trainer.epochs)
     opt.step()
     sched.step()
     assert cfg.log.interval >= 1 and cfg.trainer.epochs >= 1 and cfg.checkpoint.mode in ("min", "max")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_preset_composes_with_its_monitor(compose_cfg, name):
+    from trainforge.build import available_metrics
+
+    cfg = compose_cfg(f"experiment={name}", *QUICK[name])
+    data, loss_fn = instantiate(cfg.data), instantiate(cfg.loss)
+    assert cfg.checkpoint.monitor in available_metrics(loss_fn, data.metrics())
 
 
 def test_hybrid_returns_weighted_total_and_components(compose_cfg):
