@@ -176,7 +176,7 @@ class CheckpointManager:
         payload = {"format_version": FORMAT_VERSION, "time": time.time()}
         payload.update({name: obj.state_dict() for name, obj in objects.items()})
         payload.update(extra)
-        payload["retention"] = self.state_dict()
+        payload["best"], payload["retention"] = dict(self.best), self.state_dict()
         return payload
 
     def save_latest(self, objects: dict, extra: dict) -> Path:
