@@ -64,3 +64,13 @@ def contract(run_dir, batch_metrics=False) -> list:
     args = [sys.executable, str(CHECKER), str(run_dir)] + (["--batch-metrics"] if batch_metrics else [])
     proc = subprocess.run(args, capture_output=True, text=True)
     return [] if proc.returncode == 0 else proc.stdout.strip().splitlines()
+
+
+def write_h5(path, **arrays) -> Path:
+    """An HDF5 file holding ``arrays`` (name -> numpy array); returns its path."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for key, value in arrays.items():
+            f.create_dataset(key, data=value)
+    return Path(path)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL
+from conftest import SMALL, write_h5
 from trainforge.data import EpochSampler
 from trainforge.data.glint import make_glint
 from trainforge.data.seqset import SeqDataset, make_seqset, pad_collate
@@ -61,12 +61,8 @@ def test_batched_fetch_equals_sample_by_sample(compose_cfg):
 # ---- shared memory ----------------------------------------------------------------
 @pytest.fixture
 def h5file(tmp_path):
-    path = tmp_path / "d.h5"
     images, masks = make_glint(64, 16)
-    with h5py.File(path, "w") as f:
-        f.create_dataset("images", data=images)
-        f.create_dataset("masks", data=masks)
-    return path
+    return write_h5(tmp_path / "d.h5", images=images, masks=masks)
 
 
 def test_shared_copy_is_mapped_by_every_user_and_released_by_the_last(h5file, tmp_path, monkeypatch):
@@ -126,12 +122,8 @@ def test_crashed_users_leave_nothing_that_breaks_the_next_run(h5file, tmp_path, 
 # ---- sequences and padding ----------------------------------------------------------
 @pytest.fixture
 def seqfile(tmp_path):
-    path = tmp_path / "seq.h5"
     arrays = make_seqset(40, 8, 3, 20)
-    with h5py.File(path, "w") as f:
-        for k, v in arrays.items():
-            f.create_dataset(k, data=v)
-    return path, arrays
+    return write_h5(tmp_path / "seq.h5", **arrays), arrays
 
 
 def test_padding_never_changes_loss_or_gradients(seqfile):
@@ -228,25 +220,17 @@ def test_digits_experiment_reaches_97_percent(train, tmp_path, data_dir):
 
 
 # ---- bad files --------------------------------------------------------------------------
-def bad_glint(tmp_path, name, **datasets):
-    path = tmp_path / name
-    with h5py.File(path, "w") as f:
-        for key, value in datasets.items():
-            f.create_dataset(key, data=value)
-    return path
-
-
 def test_missing_corrupt_and_misshaped_hdf5_give_one_line(train, tmp_path):
     images, masks = make_glint(40, 32)
-    good = bad_glint(tmp_path, "good.h5", images=images, masks=masks)
+    good = write_h5(tmp_path / "good.h5", images=images, masks=masks)
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(good.read_bytes()[:2000])
     cases = [
         (tmp_path / "missing.h5", [], ["missing.h5", "file not found"]),
         (truncated, [], ["truncated.h5", "not a readable HDF5 file"]),
-        (bad_glint(tmp_path, "nokey.h5", images=images), [], ["nokey.h5", "'masks'", "has: images"]),
+        (write_h5(tmp_path / "nokey.h5", images=images), [], ["nokey.h5", "'masks'", "has: images"]),
         (good, ["data.mask_key=labels"], ["good.h5", "'labels'"]),
-        (bad_glint(tmp_path, "shape.h5", images=images[:, :, :16], masks=masks), [],
+        (write_h5(tmp_path / "shape.h5", images=images[:, :, :16], masks=masks), [],
          ["shape.h5", "'images'", "(1, 16, 32)", "expected (1, 32, 32)"]),
     ]
     for path, extra, words in cases:

@@ -6,12 +6,11 @@ import csv
 import json
 import math
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL
+from conftest import SMALL, write_h5
 from trainforge.build import build
 from trainforge.data.glint import make_glint
 
@@ -163,11 +162,7 @@ def nan_data(tmp_path):
     """The SMALL glint set with one NaN pixel in one training image: one bad batch per epoch."""
     images, masks = make_glint(160, 32)
     images[5, 0, 3, 3] = np.nan
-    path = tmp_path / "nan.h5"
-    with h5py.File(path, "w") as f:
-        f.create_dataset("images", data=images)
-        f.create_dataset("masks", data=masks)
-    return path
+    return write_h5(tmp_path / "nan.h5", images=images, masks=masks)
 
 
 def test_nonfinite_stop_names_epoch_step_and_last_good_checkpoint(train, tmp_path, nan_data):
@@ -197,10 +192,7 @@ def test_nonfinite_skip_counts_and_goes_on(train, tmp_path, nan_data):
 def test_nonfinite_skip_stops_after_max_consecutive(train, tmp_path):
     images, masks = make_glint(160, 32)
     images[:128] = np.nan  # every training batch is bad
-    path = tmp_path / "allnan.h5"
-    with h5py.File(path, "w") as f:
-        f.create_dataset("images", data=images)
-        f.create_dataset("masks", data=masks)
+    path = write_h5(tmp_path / "allnan.h5", images=images, masks=masks)
     run = tmp_path / "run"
     proc = train(*SMALL, f"data.path={path}", "trainer.on_nonfinite=skip", "trainer.max_nonfinite=3",
                  f"hydra.run.dir={run}", check=False)

@@ -21,42 +21,47 @@ from trainforge.errors import ConfigError
 
 # ---- model -------------------------------------------------------------------------
 @dataclass
-class UNetConf:
+class ModelConf:
+    _target_: str = MISSING
+    init_weights: Optional[str] = None  # warm start: a weights file or checkpoint (not used on resume)
+
+
+@dataclass
+class UNetConf(ModelConf):
     _target_: str = "trainforge.models.UNet"
     in_channels: int = 1
     out_channels: int = 1
     base_channels: int = 8
     depth: int = 2
     groups: int = 4
-    init_weights: Optional[str] = None  # warm start: a weights file or checkpoint (not used on resume)
 
 
 @dataclass
-class CNNConf:
+class CNNConf(ModelConf):
     _target_: str = "trainforge.models.CNN"
     in_channels: int = 1
     num_classes: int = 10
     channels: int = 32
     dropout: float = 0.1
-    init_weights: Optional[str] = None
 
 
 @dataclass
-class SeqEncoderConf:
+class SeqEncoderConf(ModelConf):
     _target_: str = "trainforge.models.SeqEncoder"
     num_variables: int = 16
     dim: int = 32
     layers: int = 1
     heads: int = 4
     dropout: float = 0.0
-    init_weights: Optional[str] = None
 
 
 # ---- data --------------------------------------------------------------------------
 @dataclass
-class GlintConf:
-    _target_: str = "trainforge.data.GlintData"
-    path: Optional[str] = None  # null: the embedded set, generated into cache_dir on first use
+class DataConf:
+    """Keys every data set has: where it is and how it is loaded."""
+
+    _target_: str = MISSING
+    path: Optional[str] = None  # null: the embedded set, made into cache_dir on first use
     cache_dir: str = "${oc.env:TRAINFORGE_DATA_DIR,'~/.cache/trainforge'}"
     batch_size: int = 16
     num_workers: int = 0
@@ -64,46 +69,35 @@ class GlintConf:
     preload: bool = True
     shared_memory: bool = False  # one copy in /dev/shm for every process using the same data
     shuffle: bool = True
+    val_fraction: float = 0.2
+
+
+@dataclass
+class GlintConf(DataConf):
+    _target_: str = "trainforge.data.GlintData"
     num_samples: int = 1280
     image_size: int = 64
-    val_fraction: float = 0.2
     threshold: float = 0.5
     image_key: str = "images"  # HDF5 dataset of images, (N, 1, S, S)
     mask_key: str = "masks"  # HDF5 dataset of masks, same shape
 
 
 @dataclass
-class DigitsConf:
+class DigitsConf(DataConf):
     _target_: str = "trainforge.data.DigitsData"
-    path: Optional[str] = None  # null: scikit-learn's bundled digits, converted into cache_dir once
-    cache_dir: str = "${oc.env:TRAINFORGE_DATA_DIR,'~/.cache/trainforge'}"
     batch_size: int = 64
-    num_workers: int = 0
-    pin_memory: bool = False
-    preload: bool = True
-    shared_memory: bool = False  # one copy in /dev/shm for every process using the same data
-    shuffle: bool = True
-    val_fraction: float = 0.2
     split_seed: int = 0
 
 
 @dataclass
-class SeqSetConf:
+class SeqSetConf(DataConf):
     _target_: str = "trainforge.data.SeqSetData"
-    path: Optional[str] = None  # null: the embedded synthetic set, generated into cache_dir on first use
-    cache_dir: str = "${oc.env:TRAINFORGE_DATA_DIR,'~/.cache/trainforge'}"
     batch_size: int = 32
-    num_workers: int = 0
-    pin_memory: bool = False
-    preload: bool = True
-    shared_memory: bool = False  # one copy in /dev/shm for every process using the same data
-    shuffle: bool = True
     num_patients: int = 2000
     num_variables: int = 16
     min_length: int = 8
     max_length: int = 128
     max_sequence_length: Optional[int] = None  # truncate, keeping the most recent events
-    val_fraction: float = 0.2
     bucket: bool = False  # group similar lengths into batches (less padding)
 
 
