@@ -195,3 +195,23 @@ def test_submitit_preemption_requeues_and_continues_exactly(train, env, tmp_path
     assert "SIGUSR2 received" in log and "Resumed from" in log
     assert json.loads((job_dir / "status.json").read_text())["status"] == "COMPLETED"
     assert_same_run(straight, job_dir)
+
+
+def test_signal_on_the_last_step_of_an_epoch_keeps_that_epoch(compose_cfg, tmp_path):
+    """The step in flight finishes; so do that epoch's validation, history row and checkpoint."""
+    from trainforge.build import build
+    from trainforge.engine.trainer import HookBase
+
+    class SignalOnLastStep(HookBase):
+        def after_step(self):
+            t = self.trainer
+            if t.epoch == 0 and t.epoch_done():
+                t.request_stop("preempted by SIGTERM", "SIGTERM")
+
+    trainer = build(compose_cfg(*QUICK, "trainer.epochs=3"), tmp_path)
+    trainer.hooks.insert(0, SignalOnLastStep())
+    trainer.hooks[0].trainer = trainer
+    trainer.fit()
+    assert [r["epoch"] for r in trainer.history] == [1]
+    ckpt = load_checkpoint(tmp_path / "latest_checkpoint.pth")
+    assert (ckpt["epoch"], ckpt["batch_in_epoch"]) == (1, 0) and len(ckpt["history"]) == 1

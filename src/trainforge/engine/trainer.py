@@ -177,9 +177,10 @@ class BaseTrainer:
             for batch in self.train_loader:
                 self.run_step(batch)
                 self._call("after_step")
-                if self.stop_reason and self.at_boundary():
+                if self.stop_reason and self.at_boundary() and not self.epoch_done():
                     break
-            if self.stop_reason:
+            # a signal on the epoch's last step still gets the epoch's validation and checkpoint
+            if self.stop_reason and not (self.epoch_done() and self.preempted_by):
                 break
             self._call("after_epoch")
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
@@ -199,8 +200,7 @@ class BaseTrainer:
         values = torch.stack([loss.detach().float(), *(parts[k].detach().float() for k in self.component_names),
                               grad_norm.float()])
         self.stats.add(values)
-        meta = {"epoch": self.epoch, "batch": self.batch_in_epoch, "step": self.step,
-                "lr": lr}
+        meta = {"epoch": self.epoch, "batch": self.batch_in_epoch, "step": self.step, "lr": lr}
         self.meter.push(meta, values)
 
     def _update(self) -> torch.Tensor:
@@ -229,6 +229,9 @@ class BaseTrainer:
         return grad_norm
 
     # ---- helpers for the step and the hooks ----
+    def epoch_done(self) -> bool:
+        return self.batch_in_epoch >= self.batches_per_epoch
+
     def at_boundary(self) -> bool:
         """True after the last micro-batch of an accumulation window (or of the epoch)."""
         return self.batch_in_epoch % self.grad_accum == 0 or self.batch_in_epoch == self.batches_per_epoch
@@ -269,7 +272,7 @@ class BaseTrainer:
 
     def state_dict(self) -> dict:
         """Counters and history. At an epoch's end the position is the next epoch's start."""
-        done = self.batch_in_epoch >= self.batches_per_epoch
+        done = self.epoch_done()
         epoch, batch = self.epoch + done, 0 if done else self.batch_in_epoch
         return {"epoch": epoch, "batch_in_epoch": batch, "step": self.step, "history": list(self.history),
                 "sampler": {"epoch": epoch, "position": batch * self.train_loader.batch_size},
