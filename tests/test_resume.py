@@ -152,6 +152,7 @@ def test_config_drift_is_refused_unless_forced(train, tmp_path):
     assert proc.returncode != 0 and len(err) == 1
     assert "data.batch_size 16 -> 8" in err[0] and "loss._target_" in err[0] and "resume_force" in err[0]
     assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1]
+    assert json.loads((run / "status.json").read_text())["status"] == "COMPLETED"  # the run is not relabelled
     train(f"resume={run}", "data.batch_size=8", "trainer.epochs=2", "+resume_force=true")
     assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1, 2]
 

@@ -56,7 +56,9 @@ def run(cfg, run_dir=None, overrides=None):
     check_fresh(run_dir, cfg.resume)
     log = setup_logging(run_dir, dist.is_main())
     started = time.time()
-    write_status(run_dir, "RUNNING", started=started)
+    owns_status = cfg.resume is None  # a refused resume must not relabel the run it refused
+    if owns_status:
+        write_status(run_dir, "RUNNING", started=started)
     trainer = None
     try:
         validate(cfg)
@@ -70,6 +72,8 @@ def run(cfg, run_dir=None, overrides=None):
             validate(cfg)
             changes = resume.check_drift(ckpt["config"], cfg, force=bool(cfg.resume_force))
             overrides = resume.merged_overrides(ckpt.get("overrides", []), overrides)
+        owns_status = True
+        write_status(run_dir, "RUNNING", started=started)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         log.info("Run directory: %s", run_dir)
         trainer = build(cfg, run_dir, overrides, resuming=ckpt is not None)
@@ -94,11 +98,13 @@ def run(cfg, run_dir=None, overrides=None):
         raise
     except TrainforgeError as e:
         log.error("%s", e, extra={"console": False})  # the CLI prints it once, on stderr
-        write_status(run_dir, "FAILED", error=str(e), started=started, **_final(trainer))
+        if owns_status:
+            write_status(run_dir, "FAILED", error=str(e), started=started, **_final(trainer))
         raise
     except BaseException as e:
         log.exception("training failed: %s", e)
-        write_status(run_dir, "FAILED", error=f"{type(e).__name__}: {e}", started=started, **_final(trainer))
+        if owns_status:
+            write_status(run_dir, "FAILED", error=f"{type(e).__name__}: {e}", started=started, **_final(trainer))
         raise
     finally:
         for handler in logging.getLogger(LOGGER).handlers:
