@@ -32,6 +32,7 @@ class Precision:
             raise ConfigError("trainer.precision=bf16: this GPU does not support bf16; use fp16 or fp32")
         self.device_type, self.dtype = device.type, DTYPES[self.mode]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.mode == "fp16")
+        self._watched, self._stepped = set(), False
 
     def autocast(self):
         if self.dtype is None:
@@ -48,15 +49,21 @@ class Precision:
     def step(self, optimizer) -> bool:
         """Apply the update; report whether it happened (fp16 skips on inf/NaN gradients).
 
-        GradScaler.step already reads found_inf on the host, so reading the scale here
-        adds no extra wait on fp16; fp32/bf16 never read anything."""
+        The answer comes from a step post-hook on the optimizer, so it costs no host read
+        beyond the one GradScaler itself makes; fp32/bf16 read nothing."""
         if not self.scaler.is_enabled():
             optimizer.step()
             return True
-        scale = self.scaler.get_scale()
+        if id(optimizer) not in self._watched:
+            optimizer.register_step_post_hook(self._mark_stepped)
+            self._watched.add(id(optimizer))
+        self._stepped = False
         self.scaler.step(optimizer)
         self.scaler.update()
-        return self.scaler.get_scale() >= scale
+        return self._stepped
+
+    def _mark_stepped(self, optimizer, args, kwargs) -> None:
+        self._stepped = True
 
     def state_dict(self) -> dict:
         return self.scaler.state_dict()
