@@ -197,3 +197,28 @@ def test_nonfinite_skip_stops_after_max_consecutive(train, tmp_path):
     proc = train(*SMALL, f"data.path={path}", "trainer.on_nonfinite=skip", "trainer.max_nonfinite=3",
                  f"hydra.run.dir={run}", check=False)
     assert proc.returncode != 0 and "3 consecutive" in proc.stderr
+
+
+def test_ddp_gradients_are_all_reduced_only_at_window_boundaries(compose_cfg, tmp_path):
+    """A real DDP wrapper (gloo, world size 1) with a comm hook that records each all-reduce."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        trainer = build(compose_cfg(*SMALL, "trainer.grad_accum=3", "trainer.epochs=1"), tmp_path / "run")
+        ddp = torch.nn.parallel.DistributedDataParallel(trainer.model)
+        reduced_at = []
+
+        def record(state, bucket):
+            reduced_at.append(trainer.batch_in_epoch)
+            done = torch.futures.Future()
+            done.set_result(bucket.buffer())
+            return done
+
+        ddp.register_comm_hook(None, record)
+        trainer.model = ddp
+        for batch in trainer.train_loader:
+            trainer.run_step(batch)
+    finally:
+        dist.destroy_process_group()
+    assert trainer.batches_per_epoch == 8 and sorted(set(reduced_at)) == [3, 6, 8]  # the last window is partial

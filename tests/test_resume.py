@@ -70,10 +70,12 @@ def start(env, tmp_path, *args):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigkill_at_any_moment_then_resume_auto_is_exact(train, env, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigkill_at_any_moment_then_resume_auto_is_exact(train, env, tmp_path, workers):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    train(*LONG, "trainer.epochs=2", f"hydra.run.dir={straight}")
-    proc = start(env, tmp_path, *LONG, "trainer.epochs=2", f"hydra.run.dir={killed}")
+    args = [*LONG, "trainer.epochs=2", f"data.num_workers={workers}"]
+    train(*args, f"hydra.run.dir={straight}")
+    proc = start(env, tmp_path, *args, f"hydra.run.dir={killed}")
     wait_for(killed / "latest_checkpoint.pth", proc)
     time.sleep(random.uniform(0.0, 1.0))  # an arbitrary moment after the first mid-epoch save
     proc.send_signal(signal.SIGKILL)

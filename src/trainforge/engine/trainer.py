@@ -5,6 +5,7 @@ list order. The trainer takes built objects, never config.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 
@@ -190,11 +191,12 @@ class BaseTrainer:
         """One micro-batch: forward, backward and, at a window boundary, the update."""
         inputs, target = to_device(batch, self.device)
         weight = len(target) / self._window_samples()
-        with self.precision.autocast():
-            output = self.model(inputs)
-        loss, parts = self.loss_fn(output, target)
-        self.precision.backward(loss * weight)
-        self.batch_in_epoch += 1
+        self.batch_in_epoch += 1  # from here at_boundary() says whether this micro-batch ends its window
+        with self._sync_context():
+            with self.precision.autocast():
+                output = self.model(inputs)
+            loss, parts = self.loss_fn(output, target)
+            self.precision.backward(loss * weight)
         lr = self.optimizer.param_groups[0]["lr"]  # the LR this window's update uses
         grad_norm = self._update() if self.at_boundary() else torch.full_like(loss, float("nan"))
         values = torch.stack([loss.detach().float(), *(parts[k].detach().float() for k in self.component_names),
@@ -229,6 +231,14 @@ class BaseTrainer:
         return grad_norm
 
     # ---- helpers for the step and the hooks ----
+    def _sync_context(self):
+        """DDP's ``no_sync`` (around forward and backward, as DDP needs) inside an
+        accumulation window: gradients are all-reduced once, at the window's last
+        micro-batch. A plain module gets a null context."""
+        if self.at_boundary() or not hasattr(self.model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
     def epoch_done(self) -> bool:
         return self.batch_in_epoch >= self.batches_per_epoch
 
