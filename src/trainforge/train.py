@@ -13,7 +13,7 @@ from trainforge.config import validate
 from trainforge.engine import distributed as dist
 from trainforge.engine.checkpoint import atomic_json
 from trainforge.engine.logging import LOGGER, setup_logging
-from trainforge.errors import ConfigError, NonFiniteLossError, Preempted, TrainforgeError
+from trainforge.errors import ConfigError, Preempted, TrainforgeError
 
 STATUS = "status.json"
 
@@ -133,5 +133,3 @@ def _final(trainer) -> dict:
     last = trainer.history[-1] if trainer.history else None
     return {"epoch": trainer.epoch, "step": trainer.step, "final": last, "best": _checkpointer(trainer).manager.best}
 
-
-__all__ = ["run", "NonFiniteLossError"]

@@ -21,25 +21,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def barrier() -> None:
-    if is_dist():
-        dist.barrier()
-
-
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place (identity at world size 1)."""
     if is_dist():
         dist.all_reduce(tensor)
     return tensor
-
-
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """Rank 0's decision, seen by every rank (identity at world size 1)."""
-    if not is_dist():
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    dist.broadcast(t, 0)
-    return bool(t.item())
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
