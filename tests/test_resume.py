@@ -181,7 +181,7 @@ def test_submitit_preemption_requeues_and_continues_exactly(train, env, tmp_path
     from trainforge.submit import TrainJob
 
     straight, job_dir = tmp_path / "straight", tmp_path / "job"
-    args = [*LONG, "trainer.epochs=2"]
+    args = [*LONG, "trainer.epochs=3"]  # slack for the signal to land mid-run on fast machines
     train(*args, f"hydra.run.dir={straight}")
     monkeypatch.setenv("TRAINFORGE_DATA_DIR", env["TRAINFORGE_DATA_DIR"])
     executor = submitit.LocalExecutor(folder=tmp_path / "submitit")
