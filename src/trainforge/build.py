@@ -91,7 +91,7 @@ def build(cfg, run_dir, overrides=(), resuming=False) -> BaseTrainer:
 
     data = instantiate(cfg.data)
     train_set, val_set = data.train_set(), data.val_set()
-    lengths = train_set.lengths() if getattr(data, "bucket", False) else None
+    lengths = train_set.lengths() if data.bucket else None
     sampler = EpochSampler(len(train_set), seed=cfg.seed, shuffle=data.shuffle, rank=dist.rank(),
                            world_size=dist.world_size(), lengths=lengths, batch_size=data.batch_size)
     loader_args = dict(batch_size=data.batch_size, num_workers=data.num_workers, pin_memory=data.pin_memory,

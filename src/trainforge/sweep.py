@@ -1,12 +1,13 @@
 """``summary.csv`` at a sweep's root: one row per job, from each job's status.json."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
+
+from trainforge.engine.logging import table_csv
 
 
 def summarize(sweep_dir) -> Path:
@@ -28,12 +29,8 @@ def summarize(sweep_dir) -> Path:
         row.update({f"train_{k}": v for k, v in final.get("train", {}).items()})
         row.update({f"val_{k}": v for k, v in final.get("val", {}).items()})
         rows.append(row)
-    columns = list(dict.fromkeys(k for r in rows for k in r))
     path = sweep_dir / "summary.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+    path.write_text(table_csv(rows))
     return path
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from trainforge.data.h5 import H5Dataset, atomic_h5, check_h5, passthrough
+from trainforge.data.spec import DataSpec
 from trainforge.errors import DataError
 from trainforge.metrics import AccuracyMetric
 
@@ -46,7 +47,7 @@ def write_digits(path: Path, val_fraction: float, seed: int) -> None:
     atomic_h5(path, write)
 
 
-class DigitsData:
+class DigitsData(DataSpec):
     """Train/val datasets, loader settings and accuracy for the digits experiment."""
 
     collate_fn = staticmethod(passthrough)
@@ -54,13 +55,9 @@ class DigitsData:
 
     def __init__(self, path, cache_dir, batch_size, num_workers=0, pin_memory=False, preload=True,
                  shuffle=True, val_fraction=0.2, split_seed=0, shared_memory=False):
-        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
-        self.preload, self.shuffle, self.shared = preload, shuffle, shared_memory
-        if path is None:
-            path = Path(cache_dir).expanduser() / f"digits_val{val_fraction:g}_seed{split_seed}.h5"
-            if not path.is_file():
-                write_digits(path, val_fraction, split_seed)
-        self.path = Path(path).expanduser()
+        super().__init__(batch_size, num_workers, pin_memory, preload, shuffle, shared_memory, val_fraction)
+        self.path = self.resolve(path, cache_dir, f"digits_val{val_fraction:g}_seed{split_seed}.h5",
+                                 lambda target: write_digits(target, val_fraction, split_seed))
         self.sizes = {}
         for part in ("train", "val"):
             keys = [f"{part}/{k}" for k in self.keys]

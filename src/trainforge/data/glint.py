@@ -6,12 +6,10 @@ uint8, the first ``(1 - val_fraction) * N`` samples for training, the rest for v
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from trainforge.data.h5 import H5Dataset, atomic_h5, check_h5, passthrough
-from trainforge.errors import DataError
+from trainforge.data.spec import DataSpec
 from trainforge.metrics import SegmentationMetrics
 
 GENERATOR_SEED = 20261126
@@ -39,7 +37,7 @@ def make_glint(num_samples: int, size: int, seed: int = GENERATOR_SEED):
     return images[:, None], masks[:, None].astype(np.uint8)
 
 
-class GlintData:
+class GlintData(DataSpec):
     """Train/val datasets, loader settings and metrics for the glint experiment.
 
     ``path`` null means the embedded set in ``cache_dir``; an explicit path must exist.
@@ -50,25 +48,18 @@ class GlintData:
     def __init__(self, path, cache_dir, batch_size, num_workers=0, pin_memory=False, preload=True,
                  shuffle=True, num_samples=1280, image_size=64, val_fraction=0.2, threshold=0.5,
                  image_key="images", mask_key="masks", shared_memory=False):
-        if not 0.0 < val_fraction < 1.0:
-            raise DataError(f"data.val_fraction={val_fraction}: must be between 0 and 1")
-        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
-        self.preload, self.shuffle, self.threshold, self.shared = preload, shuffle, threshold, shared_memory
-        self.val_fraction, self.image_size = val_fraction, image_size
-        self.keys = (image_key, mask_key)
-        if path is None:
-            path = Path(cache_dir).expanduser() / f"glint_{image_size}_{num_samples}.h5"
-            if not path.is_file():
-                images, masks = make_glint(num_samples, image_size)
-                atomic_h5(path, lambda f: (f.create_dataset("images", data=images),
-                                           f.create_dataset("masks", data=masks)))
-        self.path = Path(path).expanduser()
+        super().__init__(batch_size, num_workers, pin_memory, preload, shuffle, shared_memory, val_fraction)
+        self.threshold, self.image_size, self.keys = threshold, image_size, (image_key, mask_key)
+
+        def make(target):
+            images, masks = make_glint(num_samples, image_size)
+            atomic_h5(target, lambda f: (f.create_dataset("images", data=images),
+                                         f.create_dataset("masks", data=masks)))
+
+        self.path = self.resolve(path, cache_dir, f"glint_{image_size}_{num_samples}.h5", make)
         shape = (1, image_size, image_size)
-        n = check_h5(self.path, self.keys, {k: shape for k in self.keys})
-        self.split = int(round(n * (1.0 - val_fraction)))
-        if self.split < 1 or self.split >= n:
-            raise DataError(f"{self.path}: {n} samples cannot be split with data.val_fraction={val_fraction}")
-        self.num_samples = n
+        self.num_samples = check_h5(self.path, self.keys, {k: shape for k in self.keys})
+        self.split = self.split_at(self.num_samples)
 
     def train_set(self):
         return H5Dataset(self.path, self.keys, 0, self.split, self.preload, shared=self.shared)

@@ -10,7 +10,8 @@ class EpochSampler(Sampler[int]):
 
     The state is ``{"epoch", "position"}``: ``position`` samples of this rank's share of
     the epoch are already consumed and the next iteration starts after them, without
-    touching the data. ``position`` goes back to 0 once an iteration has started.
+    touching the data. ``position`` goes back to 0 once an iteration has started. The
+    trainer writes that state (it alone knows what was consumed: loaders prefetch).
     """
 
     def __init__(self, length: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1,
@@ -53,9 +54,6 @@ class EpochSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])

@@ -12,14 +12,13 @@ Batches are padded to their own longest sequence (:func:`pad_collate`);
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from trainforge.data.h5 import atomic_h5, check_h5
+from trainforge.data.spec import DataSpec
 from trainforge.errors import DataError
 from trainforge.metrics import AccuracyMetric
 
@@ -124,7 +123,7 @@ def pad_collate(samples):
     return batch, torch.stack([label for _, label in samples])
 
 
-class SeqSetData:
+class SeqSetData(DataSpec):
     """Train/val sequence datasets, padding collate, optional length bucketing, accuracy."""
 
     collate_fn = staticmethod(pad_collate)
@@ -132,18 +131,17 @@ class SeqSetData:
     def __init__(self, path, cache_dir, batch_size, num_workers=0, pin_memory=False, preload=True, shuffle=True,
                  num_patients=2000, num_variables=16, min_length=8, max_length=128, max_sequence_length=None,
                  val_fraction=0.2, bucket=False, shared_memory=False):
-        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
-        self.shared = shared_memory
-        self.preload, self.shuffle, self.max_sequence_length = preload, shuffle, max_sequence_length
-        self.bucket = bucket
+        super().__init__(batch_size, num_workers, pin_memory, preload, shuffle, shared_memory, val_fraction)
         if max_sequence_length is not None and max_sequence_length < 1:
             raise DataError(f"data.max_sequence_length={max_sequence_length}: must be >= 1 (or null)")
-        if path is None:
-            path = Path(cache_dir).expanduser() / f"seqset_{num_patients}_{num_variables}_{min_length}_{max_length}.h5"
-            if not path.is_file():
-                arrays = make_seqset(num_patients, num_variables, min_length, max_length)
-                atomic_h5(path, lambda f: [f.create_dataset(k, data=v) for k, v in arrays.items()])
-        self.path = Path(path).expanduser()
+        self.max_sequence_length, self.bucket = max_sequence_length, bucket
+
+        def make(target):
+            arrays = make_seqset(num_patients, num_variables, min_length, max_length)
+            atomic_h5(target, lambda f: [f.create_dataset(k, data=v) for k, v in arrays.items()])
+
+        name = f"seqset_{num_patients}_{num_variables}_{min_length}_{max_length}.h5"
+        self.path = self.resolve(path, cache_dir, name, make)
         n = check_h5(self.path, ["label"], {"label": ()})
         events = check_h5(self.path, list(FIELDS), {k: () for k in FIELDS})
         with h5py.File(self.path, "r") as f:
@@ -152,8 +150,8 @@ class SeqSetData:
                 or np.any(np.diff(offsets) < 0):
             raise DataError(f"{self.path}: 'offsets' must be ({n + 1},) increasing from 0 to {events} "
                             f"(the number of events)")
-        self.split = int(round(n * (1.0 - val_fraction)))
         self.num_patients = n
+        self.split = self.split_at(n)
 
     def train_set(self):
         return SeqDataset(self.path, 0, self.split, self.preload, self.max_sequence_length, self.shared)

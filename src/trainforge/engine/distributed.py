@@ -21,13 +21,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over ranks in place (identity at world size 1)."""
-    if is_dist():
-        dist.all_reduce(tensor)
-    return tensor
-
-
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module under DDP and torch.compile wrappers (for state_dicts)."""
     model = getattr(model, "module", model)

@@ -1,9 +1,10 @@
 """The periodic side effects of training, as hooks run in list order.
 
-``build`` installs them as [EvalHook, LoggingHook, PlateauHook, CheckpointHook]:
-validation first so the epoch record has its val metrics; logging next, which writes the
-epoch record into ``trainer.history`` and the CSV/JSON files; plateau decides from that
-record; the checkpoint comes last so it carries the complete history.
+``build`` installs them as [EvalHook, LoggingHook, PlateauHook, CheckpointHook,
+PreemptionHook]: validation first so the epoch record has its val metrics; logging next,
+which writes the epoch record into ``trainer.history`` and the CSV/JSON files; plateau
+decides from that record; the checkpoint comes after them so it carries the complete
+history; preemption last, so its save at the end of training follows every flush.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ log = logging.getLogger(LOGGER)
 
 class EvalHook(HookBase):
     """After each epoch: the validation loss (sample-weighted mean), its components and
-    the data's metrics, into ``trainer.val_metrics`` ({"loss": .., "dice": .., ...})."""
+    the data's metrics, into ``trainer.val_metrics`` ({"loss": .., "dice": .., ...}).
+    Every rank evaluates the whole validation set, so the results need no reduction."""
 
     def __init__(self, loader, metrics):
         self.loader, self.metrics = loader, metrics
@@ -42,8 +44,7 @@ class EvalHook(HookBase):
             loss, parts = t.loss_fn(output, target)
             sums += torch.stack([loss, *(parts[k] for k in t.component_names)]).double() * len(target)
             self.metrics.update(output, target)
-        count = float(len(self.loader.dataset))
-        values = (dist.all_reduce_sum(sums) / count).tolist()
+        values = (sums / len(self.loader.dataset)).tolist()
         t.val_metrics = {"loss": values[0], **dict(zip(t.component_names, values[1:])), **self.metrics.compute()}
         t.model.train()
 

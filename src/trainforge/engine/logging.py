@@ -87,14 +87,18 @@ def write_epoch_files(run_dir, history: list) -> None:
     resume; the cost is a few kB per epoch.
     """
     run_dir = Path(run_dir)
-    rows = [flatten(r) for r in history]
-    columns = list(dict.fromkeys(k for row in rows for k in row))
+    text = table_csv([flatten(r) for r in history])
+    atomic_write(run_dir / "epoch_metrics.csv", lambda f: f.write(text.encode()))
+    atomic_json(history, run_dir / "metrics.json")
+
+
+def table_csv(rows: list) -> str:
+    """Dict rows as CSV text; the columns are every key, in order of first appearance."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), restval="")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(run_dir / "epoch_metrics.csv", lambda f: f.write(buf.getvalue().encode()))
-    atomic_json(history, run_dir / "metrics.json")
+    return buf.getvalue()
 
 
 class BatchCSV:

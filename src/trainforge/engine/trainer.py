@@ -157,7 +157,8 @@ class BaseTrainer:
         self.batches_per_epoch = len(train_loader)
         self._samples = len(sampler)
         self.epoch = self.step = self.batch_in_epoch = 0
-        self.history: list = []
+        self.history: list = []  # epoch records, written by LoggingHook
+        self.val_metrics: dict = {}  # the last validation's results, written by EvalHook
         self.stop_reason: str | None = None
         self.preempted_by: str | None = None  # the signal that asked this run to stop
         self.meter = StepMeter(device)

@@ -41,7 +41,7 @@ class AccuracyMetric:
         self.reset()
 
     def reset(self) -> None:
-        self._counts = None  # [correct, total]
+        self._correct, self._total = None, 0  # a device tensor, a host count
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -49,9 +49,9 @@ class AccuracyMetric:
             pred = logits.argmax(dim=1)
         else:
             pred = (logits.reshape(target.shape).float() > 0).to(target.dtype)
-        counts = torch.stack([(pred == target).sum(), torch.tensor(target.numel(), device=target.device)]).double()
-        self._counts = counts if self._counts is None else self._counts + counts
+        correct = (pred == target).sum()
+        self._correct = correct if self._correct is None else self._correct + correct
+        self._total += target.numel()
 
     def compute(self) -> dict:
-        correct, total = self._counts.tolist()
-        return {"accuracy": correct / total if total else 0.0}
+        return {"accuracy": self._correct.item() / self._total if self._total else 0.0}
