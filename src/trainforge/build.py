@@ -34,19 +34,25 @@ def instantiate(node, **kwargs):
 
 
 def resolve_device(name: str) -> torch.device:
-    """auto: the job's first visible GPU if there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    """auto: the job's first visible GPU if there is one, else the CPU. With several ranks
+    each rank takes GPU ``<local rank>`` of the job's visible devices."""
     try:
-        device = torch.device(name)
+        device = torch.device(name if name != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     except RuntimeError:
         raise ConfigError(f"trainer.device={name}: allowed values are auto, cpu, cuda, cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={name}: no CUDA GPU is visible to this process")
+    if device.type == "cuda":
+        index = int(os.environ.get("LOCAL_RANK", 0)) if dist.world_size() > 1 else device.index or 0
+        device = torch.device("cuda", index)
+        torch.cuda.set_device(device)
     return device
 
 
 def set_determinism(enabled: bool, threads) -> None:
+    if not threads and dist.world_size() > 1:  # ranks on one machine share its cores
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size()))
+        threads = max(1, (os.cpu_count() or 1) // local)
     if threads:
         torch.set_num_threads(threads)
     if enabled:
@@ -102,12 +108,15 @@ def build(cfg, run_dir, overrides=(), resuming=False) -> BaseTrainer:
     val_loader = DataLoader(val_set, shuffle=False, **loader_args)
 
     model = build_model(cfg.model, warm_start=not resuming).to(device)
+    if dist.world_size() > 1:  # same initial weights on every rank, then each rank its own random stream
+        seed_everything(cfg.seed + dist.rank())
     loss_fn = instantiate(cfg.loss).to(device)
     make_optimizer = instantiate(cfg.optimizer, _convert_="all")
     fused = {}
     if t.on_nonfinite == "skip" and "fused" in inspect.signature(make_optimizer.func).parameters:
         fused = {"fused": True}  # lets a non-finite window be skipped on the device, without a sync
     optimizer = make_optimizer(model.parameters(), **fused)
+    model = dist.wrap(model, device, t.sync_batchnorm)  # DDP at world size > 1
     steps_per_epoch = math.ceil(len(train_loader) / t.grad_accum)
     scheduler = instantiate(cfg.scheduler, _convert_="all")(optimizer, steps_per_epoch=steps_per_epoch,
                                                             epochs=t.epochs)

@@ -1,6 +1,7 @@
 """Command-line glue: the run-directory resolver and one-line errors for ``train.py``."""
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import sys
@@ -10,7 +11,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trainforge.errors import TrainforgeError
+from trainforge.errors import Preempted, TrainforgeError
 
 USER_ERRORS = (TrainforgeError, HydraException, OmegaConfBaseException)
 
@@ -33,7 +34,17 @@ def run_dir_for(resume, default: str) -> str:
     return default
 
 
+def start_time(pattern: str) -> str:
+    """``${tf_now:PATTERN}``: the run's start time. Every rank of a torchrun or SLURM run
+    resolves rank 0's (``TRAINFORGE_NOW``, agreed before Hydra starts), so all ranks name
+    the same run directory; otherwise the clock, as Hydra's ``${now:}``."""
+    agreed = os.environ.get("TRAINFORGE_NOW")
+    moment = datetime.datetime.fromtimestamp(float(agreed)) if agreed else datetime.datetime.now()
+    return moment.strftime(pattern)
+
+
 OmegaConf.register_new_resolver("tf_run_dir", run_dir_for, replace=True)
+OmegaConf.register_new_resolver("tf_now", start_time, use_cache=True, replace=True)
 
 
 def one_line(exc: BaseException) -> str:
@@ -69,6 +80,11 @@ def guarded(main) -> None:
     Unexpected errors also print one line (their traceback is in ``training.log``) unless
     the user set ``HYDRA_FULL_ERROR=1``, which shows every traceback as Hydra does.
     """
+    from trainforge.ranks import env_rank
+    from trainforge.launch import agree_start_time
+
+    agree_start_time()  # torchrun / SLURM ranks: one run directory for all
+    quiet = env_rank() != 0  # rank 0 alone prints
     full = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
     multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
@@ -82,9 +98,11 @@ def guarded(main) -> None:
     except Exception as exc:  # noqa: BLE001 - the point is to catch everything at the door
         if full:
             raise
+        if quiet:
+            sys.exit(getattr(exc, "exit_code", 2))
         hint = "" if isinstance(exc, USER_ERRORS) else f" ({type(exc).__name__}; " \
             "HYDRA_FULL_ERROR=1 shows the traceback)"
-        kind = "stopped" if getattr(exc, "exit_code", None) else "error"
+        kind = "stopped" if isinstance(exc, Preempted) else "error"
         print(f"trainforge: {kind}: {one_line(exc)}{hint}", file=stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     finally:

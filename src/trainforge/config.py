@@ -224,7 +224,9 @@ class LogConf:
 class TrainerConf:
     epochs: int = 10
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    devices: int = 1
+    devices: Any = 1  # ranks (DDP): an integer, or auto = every GPU visible to the job (1 on the CPU)
+    ddp_timeout: float = 300.0  # seconds a rank waits in a collective before the run fails
+    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (DDP)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     grad_accum: int = 1
     clip_grad: Optional[float] = None
@@ -291,7 +293,7 @@ _CHOICES = {
     "checkpoint.mode": ("min", "max"),
 }
 _MIN = {
-    "trainer.epochs": 1, "trainer.grad_accum": 1, "trainer.devices": 1, "trainer.max_nonfinite": 1,
+    "trainer.epochs": 1, "trainer.grad_accum": 1, "trainer.max_nonfinite": 1,
     "log.interval": 1, "checkpoint.save_freq": 0, "checkpoint.every_n_steps": 0,
     "checkpoint.keep_last_n": 0, "checkpoint.top_k": 0, "data.batch_size": 1, "data.num_workers": 0,
 }
@@ -315,6 +317,8 @@ def validate(cfg) -> None:
     if cfg.log.tensorboard:
         raise ConfigError("log.tensorboard=true: TensorBoard logging is not available yet; "
                           "epoch_metrics.csv and metrics.json hold every metric")
-    if cfg.trainer.devices != 1:
-        raise ConfigError(f"trainer.devices={cfg.trainer.devices}: multi-process DDP is not "
-                          "available yet; use torchrun or trainer.devices=1")
+    from trainforge.launch import check_devices
+
+    check_devices(cfg.trainer.devices)
+    if cfg.trainer.ddp_timeout <= 0:
+        raise ConfigError(f"trainer.ddp_timeout={cfg.trainer.ddp_timeout}: must be > 0 (seconds)")

@@ -34,3 +34,9 @@ class Preempted(TrainforgeError):
 
     EXIT_CODE = 75
     exit_code = EXIT_CODE
+
+
+class RankFailed(TrainforgeError):
+    """One rank of a multi-process run raised or died; the others were stopped."""
+
+    exit_code = 1

@@ -18,7 +18,7 @@ from trainforge.errors import CheckpointError, ConfigError
 log = logging.getLogger(LOGGER)
 
 # keys whose change makes the checkpoint describe a different experiment
-STRUCTURAL = ("model.", "data.", "loss.", "optimizer._target_", "trainer.devices", "trainer.grad_accum")
+STRUCTURAL = ("model.", "data.", "loss.", "optimizer._target_", "trainer.grad_accum")
 # ...except these, which only say where the data is and how it is loaded
 LOADING = ("data.path", "data.cache_dir", "data.num_workers", "data.pin_memory", "data.preload",
            "data.shared_memory", "model.init_weights")
@@ -95,14 +95,19 @@ def _flat(cfg) -> dict:
     return out
 
 
-def check_drift(saved_yaml: str, cfg, force: bool) -> list:
+def check_drift(saved_yaml: str, cfg, force: bool, world=(1, 1)) -> list:
     """Refuse a resume whose config changes the experiment (model, data, batch size, loss,
-    optimizer type, world size, accumulation) unless ``force``; return the other changes."""
+    optimizer type, world size, accumulation) unless ``force``; return the other changes.
+    ``world`` is (the checkpoint's world size, this run's): the number of ranks, however
+    started (``trainer.devices``, torchrun, SLURM), is what must match."""
     old = _flat(OmegaConf.to_container(OmegaConf.create(saved_yaml), resolve=False))
     new = _flat(OmegaConf.to_container(cfg, resolve=True))
     changes = [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
                if old.get(k) != new.get(k) and not k.startswith(OWN_KEYS)]
     structural = [c for c in changes if c[0].startswith(STRUCTURAL) and not c[0].startswith(LOADING)]
+    if world[0] != world[1]:
+        structural.append(("world size (trainer.devices)", world[0], world[1]))
+        changes.append(structural[-1])
     if structural and not force:
         diff = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in structural)
         raise ConfigError(f"resume refused: the config differs from the checkpoint's in {diff}; "

@@ -1,6 +1,7 @@
 """``run(cfg)``: validate, build, fit, write the run's status. Importable by tests."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -13,7 +14,7 @@ from trainforge.config import validate
 from trainforge.engine import distributed as dist
 from trainforge.engine.checkpoint import atomic_json
 from trainforge.engine.logging import LOGGER, setup_logging
-from trainforge.errors import ConfigError, Preempted, TrainforgeError
+from trainforge.errors import ConfigError, Preempted, RankFailed, TrainforgeError
 
 STATUS = "status.json"
 
@@ -48,34 +49,48 @@ def task_overrides() -> list:
 def run(cfg, run_dir=None, overrides=None):
     """Train ``cfg`` in ``run_dir`` (default: Hydra's output dir). ``overrides`` are the
     command line's (default: Hydra's), kept in checkpoints so a resume can recompose the
-    same config. Returns the best value of ``checkpoint.monitor`` (for sweepers)."""
+    same config. Returns the best value of ``checkpoint.monitor`` (for sweepers).
+
+    With several ranks (torchrun, a SLURM step, or ``trainer.devices=N``, which starts
+    them here after the config is final) rank 0 alone writes files and prints."""
+    from trainforge import launch
+
     run_dir = Path(run_dir) if run_dir is not None else output_dir()
+    ranks = dist.env_ranks()
+    main = ranks is None or ranks["rank"] == 0
+    if ranks is not None:
+        launch.check_devices(cfg.trainer.devices)
+        dist.init("nccl" if _on_gpu(cfg) else "gloo", cfg.trainer.ddp_timeout)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.resume is None and os.environ.get("SUBMITIT_FOLDER") and (run_dir / STATUS).exists():
         cfg.resume = "auto"  # a requeued submitit job (any launcher) continues its own run
-    check_fresh(run_dir, cfg.resume)
-    log = setup_logging(run_dir, dist.is_main())
+    if main and not os.environ.get(launch.LAUNCHED):  # our launcher's parent checked already
+        _agreed(check_fresh, run_dir, cfg.resume)
+    else:
+        _agreed(lambda: None)
+    log = setup_logging(run_dir, main)
     started = time.time()
-    owns_status = cfg.resume is None  # a refused resume must not relabel the run it refused
-    if owns_status:
-        write_status(run_dir, "RUNNING", started=started)
+    owns_status = main and cfg.resume is None  # a refused resume must not relabel the run it refused
+    delegated = False  # true once rank processes own the run's outcome
     trainer = None
     try:
-        validate(cfg)
-        from trainforge import resume  # torch-heavy imports stay out of config errors
+        if owns_status:
+            write_status(run_dir, "RUNNING", started=started)
+        cfg, ckpt_path, ckpt, overrides, changes = _agreed(_prepare, cfg, run_dir, overrides)
+        owns_status = main
+        if main:
+            write_status(run_dir, "RUNNING", started=started)
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        log.info("Run directory: %s", run_dir)
+        n = launch.process_count(cfg.trainer.devices, cfg.trainer.device)
+        if ranks is None and n > 1:
+            log.info("DDP on %d processes (%s): per-rank batch %d, global batch %d", n,
+                     "nccl" if _on_gpu(cfg) else "gloo", cfg.data.batch_size, cfg.data.batch_size * n)
+            delegated = True
+            launch.spawn(OmegaConf.to_yaml(cfg, resolve=True), run_dir, overrides, ckpt_path, n, _on_gpu(cfg), log)
+            return json.loads((run_dir / STATUS).read_text()).get("best", {}).get("value")
         from trainforge.build import build
 
-        ckpt_path, ckpt = resume.find_checkpoint(cfg.resume, run_dir) if cfg.resume else (None, None)
-        overrides = task_overrides() if overrides is None else list(overrides)
-        if ckpt is not None:
-            cfg = resume.recompose(cfg, ckpt, overrides)
-            validate(cfg)
-            changes = resume.check_drift(ckpt["config"], cfg, force=bool(cfg.resume_force))
-            overrides = resume.merged_overrides(ckpt.get("overrides", []), overrides)
-        owns_status = True
-        write_status(run_dir, "RUNNING", started=started)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        log.info("Run directory: %s", run_dir)
         trainer = build(cfg, run_dir, overrides, resuming=ckpt is not None)
         if ckpt is not None:
             missing = _checkpointer(trainer).restore(ckpt)
@@ -86,33 +101,88 @@ def run(cfg, run_dir=None, overrides=None):
         log.info("Device: %s - precision: %s - parameters: %d - train batches/epoch: %d",
                  trainer.device, trainer.precision.mode, sum(p.numel() for p in trainer.params),
                  trainer.batches_per_epoch)
+        if dist.world_size() > 1:
+            log.info("DDP: rank 0 of %d - per-rank batch %d - global batch %d", dist.world_size(),
+                     cfg.data.batch_size, cfg.data.batch_size * dist.world_size())
         trainer.fit()
         trainer.raise_if_nonfinite(_checkpointer(trainer).last_good)
         if trainer.preempted_by:
             raise Preempted(f"{trainer.stop_reason}: saved {_checkpointer(trainer).last_good}; continue with "
                             f"resume={run_dir}")
     except Preempted as e:
-        log.warning("%s", e, extra={"console": False})
-        write_status(run_dir, "PREEMPTED", error=str(e), started=started, exit_code=e.exit_code, **_final(trainer))
-        _preemption(trainer).hand_on()
+        if not delegated:
+            log.warning("%s", e, extra={"console": False})
+            if main:
+                write_status(run_dir, "PREEMPTED", error=str(e), started=started, exit_code=e.exit_code,
+                             **_final(trainer))
+            if trainer is not None:
+                _preemption(trainer).hand_on()
         raise
     except TrainforgeError as e:
-        log.error("%s", e, extra={"console": False})  # the CLI prints it once, on stderr
-        if owns_status:
-            write_status(run_dir, "FAILED", error=str(e), started=started, **_final(trainer))
+        if not delegated:
+            log.error("%s", e, extra={"console": False})  # the CLI prints it once, on stderr
+            if owns_status:
+                write_status(run_dir, "FAILED", error=str(e), started=started, **_final(trainer))
         raise
     except BaseException as e:
         log.exception("training failed: %s", e)
-        if owns_status:
+        if owns_status and not delegated:
             write_status(run_dir, "FAILED", error=f"{type(e).__name__}: {e}", started=started, **_final(trainer))
         raise
     finally:
         for handler in logging.getLogger(LOGGER).handlers:
             handler.flush()
     best = _checkpointer(trainer).manager.best
-    write_status(run_dir, "COMPLETED", started=started, finished=time.time(), **_final(trainer))
+    if main:
+        write_status(run_dir, "COMPLETED", started=started, finished=time.time(), world_size=dist.world_size(),
+                     **_final(trainer))
     log.info("Done in %.1fs. Best %s: %s (epoch %s)", time.time() - started, best["monitor"], best["value"], best["epoch"])
     return best["value"]
+
+
+def _agreed(fn, *args):
+    """``fn(*args)`` on every rank; if it raised a user error on any rank, every rank raises
+    (so no rank is left waiting in a collective for one that gave up)."""
+    failed, result = None, None
+    try:
+        result = fn(*args)
+    except TrainforgeError as e:
+        failed = e
+    if dist.any_rank(failed is not None):
+        raise failed or RankFailed("another rank failed while preparing the run")
+    return result
+
+
+def _prepare(cfg, run_dir: Path, overrides):
+    """Validate, find the checkpoint to resume from and recompose the config from it.
+    Returns (cfg, checkpoint path, checkpoint, overrides, changes)."""
+    validate(cfg)
+    from trainforge import resume  # torch-heavy imports stay out of config errors
+
+    ckpt_path, ckpt = resume.find_checkpoint(cfg.resume, run_dir) if cfg.resume else (None, None)
+    overrides = task_overrides() if overrides is None else list(overrides)
+    changes = []
+    if ckpt is not None:
+        cfg = resume.recompose(cfg, ckpt, overrides)
+        validate(cfg)
+        from trainforge import launch
+
+        world = dist.world_size() if dist.is_dist() else launch.process_count(cfg.trainer.devices,
+                                                                                cfg.trainer.device)
+        changes = resume.check_drift(ckpt["config"], cfg, force=bool(cfg.resume_force),
+                                     world=(ckpt.get("world_size", 1), world))
+        overrides = resume.merged_overrides(ckpt.get("overrides", []), overrides)
+    return cfg, ckpt_path, ckpt, overrides, changes
+
+
+def _on_gpu(cfg) -> bool:
+    """Whether the run's ranks train on GPUs (nccl) or CPUs (gloo)."""
+    device = str(cfg.trainer.device)
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
 
 
 def _checkpointer(trainer):

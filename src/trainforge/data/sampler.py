@@ -8,8 +8,8 @@ from torch.utils.data import Sampler
 class EpochSampler(Sampler[int]):
     """Yields a permutation that depends only on (seed, epoch), split across ranks.
 
-    The state is ``{"epoch", "position"}``: ``position`` samples of this rank's share of
-    the epoch are already consumed and the next iteration starts after them, without
+    The state is ``{"epoch", "position"}``: ``position`` samples of the epoch (all ranks
+    together; this rank's share is ``position / world_size``) are already consumed and the next iteration starts after them, without
     touching the data. ``position`` goes back to 0 once an iteration has started. The
     trainer writes that state (it alone knows what was consumed: loaders prefetch).
     """
@@ -56,4 +56,5 @@ class EpochSampler(Sampler[int]):
         self.epoch = epoch
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        """``position`` counts samples of the whole epoch (all ranks); this rank skips its share."""
+        self.epoch, self.position = int(state["epoch"]), int(state["position"]) // self.world_size

@@ -26,7 +26,8 @@ log = logging.getLogger(LOGGER)
 class EvalHook(HookBase):
     """After each epoch: the validation loss (sample-weighted mean), its components and
     the data's metrics, into ``trainer.val_metrics`` ({"loss": .., "dice": .., ...}).
-    Every rank evaluates the whole validation set, so the results need no reduction."""
+    Every rank evaluates the whole validation set, so the results need no reduction and
+    equal a one-process run's exactly (also for metrics that do not decompose over shards)."""
 
     def __init__(self, loader, metrics):
         self.loader, self.metrics = loader, metrics
@@ -34,19 +35,20 @@ class EvalHook(HookBase):
     @torch.no_grad()
     def after_epoch(self) -> None:
         t = self.trainer
-        t.model.eval()
+        model = dist.unwrap(t.model)  # the plain module: no DDP collectives in evaluation
+        model.eval()
         self.metrics.reset()
         sums = torch.zeros(1 + len(t.component_names), dtype=torch.float64, device=t.device)
         for batch in self.loader:
             inputs, target = to_device(batch, t.device)
             with t.precision.autocast():
-                output = t.model(inputs)
+                output = model(inputs)
             loss, parts = t.loss_fn(output, target)
             sums += torch.stack([loss, *(parts[k] for k in t.component_names)]).double() * len(target)
             self.metrics.update(output, target)
         values = (sums / len(self.loader.dataset)).tolist()
         t.val_metrics = {"loss": values[0], **dict(zip(t.component_names, values[1:])), **self.metrics.compute()}
-        t.model.train()
+        model.train()
 
 
 class LoggingHook(HookBase):
@@ -60,15 +62,16 @@ class LoggingHook(HookBase):
     def __init__(self, run_dir, interval=1, progress=True, batch_metrics=False):
         self.run_dir, self.interval, self.progress = Path(run_dir), interval, progress
         self.batch_metrics, self.batch_csv = batch_metrics, None
+        self.main = dist.is_main()  # rank 0 alone writes files
 
     def before_train(self) -> None:
         t = self.trainer
-        if self.batch_metrics:
+        if self.batch_metrics and self.main:
             names = ["loss", *t.component_names, "grad_norm"]
             self.batch_csv = BatchCSV(self.run_dir / "batch_metrics.csv", ["epoch", "batch", "step", *names, "lr"])
             self.batch_csv.truncate_after(t.epoch + 1, t.batch_in_epoch)
         self.last_lr = t.optimizer.param_groups[0]["lr"]
-        if t.history or t.batch_in_epoch:  # resumed: the files restart from the checkpoint's history
+        if (t.history or t.batch_in_epoch) and self.main:  # resumed: the files restart from the checkpoint's history
             write_epoch_files(self.run_dir, t.history)
 
     def before_epoch(self) -> None:
@@ -99,7 +102,8 @@ class LoggingHook(HookBase):
         times = [r["epoch_time"] for r in t.history]
         eta = sum(times) / len(times) * (t.epochs - t.epoch - 1)
         log.info(epoch_block(record, t.epochs, eta))
-        write_epoch_files(self.run_dir, t.history)
+        if self.main:
+            write_epoch_files(self.run_dir, t.history)
         if self.batch_csv is not None:
             self.batch_csv.flush()
 
@@ -135,9 +139,11 @@ class CheckpointHook(HookBase):
         self.saved_step = -1
 
     def objects(self) -> dict:
+        """What a checkpoint holds. Every rank calls this at a save (the RNG states of all
+        ranks are gathered); rank 0 alone writes."""
         t = self.trainer
         objs = {"model": dist.unwrap(t.model), "optimizer": t.optimizer, "scheduler": t.scheduler,
-                "scaler": t.precision, "rng": RNGState()}
+                "scaler": t.precision, "rng": RNGState.gathered()}
         if not self.save_optimizer:
             del objs["optimizer"]
         return objs
@@ -180,8 +186,9 @@ class CheckpointHook(HookBase):
         if not self.safe():
             return False
         self.trainer.flush()
+        objects = self.objects()
         if dist.is_main():
-            self.manager.save_latest(self.objects(), self.extra())
+            self.manager.save_latest(objects, self.extra())
         self.saved_step = self.trainer.step
         return True
 
@@ -193,9 +200,10 @@ class CheckpointHook(HookBase):
         self.trainer.flush()
         monitor = self.manager.monitor
         metric = flatten(t.history[-1]).get(monitor)
+        objects = self.objects()
         if dist.is_main():
             weights = {k: v.detach().cpu() for k, v in dist.unwrap(t.model).state_dict().items()}
-            if self.manager.save_epoch(t.epoch + 1, metric, self.objects(), self.extra(), weights):
+            if self.manager.save_epoch(t.epoch + 1, metric, objects, self.extra(), weights):
                 log.info("New best %s %.6f at epoch %d: saved best_model.pth", monitor, metric, t.epoch + 1)
         self.saved_step = t.step
 

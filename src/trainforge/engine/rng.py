@@ -14,7 +14,20 @@ def seed_everything(seed: int) -> None:
 
 
 class RNGState:
-    """Stateful view of the process's RNGs: python, numpy, torch CPU and every CUDA device."""
+    """Stateful view of the process's RNGs: python, numpy, torch CPU and every CUDA device.
+
+    With several ranks a checkpoint holds ``{"ranks": [state of rank 0, rank 1, ...]}``
+    (``gathered``) and each rank restores its own."""
+
+    @classmethod
+    def gathered(cls):
+        """Every rank's state (a collective: all ranks call it); the plain view at world size 1."""
+        from trainforge.engine import distributed as dist
+
+        if dist.world_size() == 1:
+            return cls()
+        states = dist.gather_objects(cls().state_dict())
+        return _Fixed({"ranks": states})
 
     def state_dict(self) -> dict:
         version, internal, gauss = random.getstate()
@@ -30,6 +43,10 @@ class RNGState:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        if "ranks" in state:  # a multi-rank checkpoint: this rank's own (forced resume at another size: wrap)
+            from trainforge.engine import distributed as dist
+
+            state = state["ranks"][dist.rank() % len(state["ranks"])]
         py = state["python"]
         random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
         npy = state["numpy"]
@@ -39,3 +56,13 @@ class RNGState:
         if "cuda" in state and torch.cuda.is_available():
             cuda = state["cuda"][: torch.cuda.device_count()]
             torch.cuda.set_rng_state_all(cuda)
+
+
+class _Fixed:
+    """A state gathered earlier, offered with the ``state_dict`` interface."""
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def state_dict(self) -> dict:
+        return self.state

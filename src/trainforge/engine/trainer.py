@@ -11,6 +11,7 @@ from collections import deque
 
 import torch
 
+from trainforge.engine import distributed as dist
 from trainforge.errors import NonFiniteLossError
 
 
@@ -58,8 +59,11 @@ class StepMeter:
     On CPU a record is ready at once.
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, lockstep: bool = False):
         self.cuda = device.type == "cuda"
+        # with several ranks every rank must see the same records at the same step (they
+        # decide stops from them): all but the newest, waiting for them if need be
+        self.lockstep = lockstep and self.cuda
         self.pending: deque = deque()
 
     def push(self, meta: dict, values: torch.Tensor) -> None:
@@ -76,7 +80,10 @@ class StepMeter:
         out = []
         while self.pending:
             meta, values, event = self.pending[0]
-            if event is not None and not block and not event.query():
+            if self.lockstep and not block:
+                if len(self.pending) == 1:
+                    break
+            elif event is not None and not block and not event.query():
                 break
             if event is not None:
                 event.synchronize()
@@ -161,7 +168,8 @@ class BaseTrainer:
         self.val_metrics: dict = {}  # the last validation's results, written by EvalHook
         self.stop_reason: str | None = None
         self.preempted_by: str | None = None  # the signal that asked this run to stop
-        self.meter = StepMeter(device)
+        self.stop_request: tuple | None = None  # (reason, signal) a rank received, until the ranks agree
+        self.meter = StepMeter(device, lockstep=dist.world_size() > 1)
         self.stats = EpochStats(self.value_names, device)
         self.hooks = list(hooks)
         for hook in self.hooks:
@@ -179,6 +187,8 @@ class BaseTrainer:
             for batch in self.train_loader:
                 self.run_step(batch)
                 self._call("after_step")
+                if self.at_boundary():
+                    self._agree_on_stop()
                 if self.stop_reason and self.at_boundary() and not self.epoch_done():
                     break
             # a signal on the epoch's last step still gets the epoch's validation and checkpoint
@@ -202,6 +212,7 @@ class BaseTrainer:
         grad_norm = self._update() if self.at_boundary() else torch.full_like(loss, float("nan"))
         values = torch.stack([loss.detach().float(), *(parts[k].detach().float() for k in self.component_names),
                               grad_norm.float()])
+        values = dist.weighted_mean(values, len(target))  # the global batch's values, on every rank
         self.stats.add(values)
         meta = {"epoch": self.epoch, "batch": self.batch_in_epoch, "step": self.step, "lr": lr}
         self.meter.push(meta, values)
@@ -282,24 +293,43 @@ class BaseTrainer:
             raise NonFiniteLossError(f"{self.stop_reason}; last good checkpoint: {last_good}")
 
     def state_dict(self) -> dict:
-        """Counters and history. At an epoch's end the position is the next epoch's start."""
+        """Counters and history. At an epoch's end the position is the next epoch's start.
+        The sampler position counts samples of the whole (global) epoch consumed."""
         done = self.epoch_done()
         epoch, batch = self.epoch + done, 0 if done else self.batch_in_epoch
+        world = dist.world_size()
         return {"epoch": epoch, "batch_in_epoch": batch, "step": self.step, "history": list(self.history),
-                "sampler": {"epoch": epoch, "position": batch * self.train_loader.batch_size},
-                "epoch_stats": self.stats.state_dict()}
+                "sampler": {"epoch": epoch, "position": batch * self.train_loader.batch_size * world},
+                "epoch_stats": self.stats.state_dict(), "world_size": world}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the counters; from another world size (a forced resume) the epoch goes
+        on from the same global sample position."""
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+        if state.get("world_size", 1) != dist.world_size():
+            self.batch_in_epoch = state["sampler"]["position"] // (self.train_loader.batch_size * dist.world_size())
         self.history = list(state["history"])
         self.sampler.load_state_dict(state["sampler"])
         if self.batch_in_epoch:
             self.stats.load_state_dict(state["epoch_stats"])
 
     def request_stop(self, reason: str, signal_name: str | None = None) -> None:
-        """Stop at the next window boundary (the step in flight finishes first)."""
+        """Stop at the next window boundary (the step in flight finishes first). With several
+        ranks the request waits for that boundary, where the ranks agree to stop together."""
+        if dist.world_size() > 1:
+            self.stop_request = self.stop_request or (reason, signal_name)
+            return
         self.stop_reason = self.stop_reason or reason
         self.preempted_by = self.preempted_by or signal_name
+
+    def _agree_on_stop(self) -> None:
+        """At a window boundary: every rank stops if any rank was asked to (one host-side
+        all-reduce over gloo; nothing at world size 1)."""
+        if dist.world_size() == 1 or self.preempted_by or not dist.any_rank(self.stop_request is not None):
+            return
+        reason, name = self.stop_request or ("preempted: another rank received a stop signal", "peer")
+        self.stop_reason = self.stop_reason or reason
+        self.preempted_by = name
 
     def flush(self) -> None:
         self._call("flush")

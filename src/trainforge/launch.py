@@ -1,0 +1,220 @@
+"""One run on N ranks.
+
+Three ways in, one process group out (``engine/distributed.py``):
+
+- ``trainer.devices=N``: the parent (``train.py`` after Hydra composed, validated and
+  created the run directory) starts N rank processes of ``python -m trainforge.launch``
+  with the final config; ranks never re-run the Hydra CLI. The parent forwards SIGTERM,
+  SIGINT, SIGUSR1 and SIGUSR2 to every rank, and a rank that fails or dies makes the
+  parent kill the others at once (each rank is its own process group, so its DataLoader
+  workers go with it) and record that rank's error.
+- ``torchrun --nproc_per_node=N train.py ...`` and a SLURM step of N tasks: every rank
+  composes, but ``agree_start_time`` (called before Hydra) makes them agree on rank 0's
+  clock, so they all resolve the same run directory; only rank 0 writes ``.hydra/``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from trainforge.ranks import env_rank, env_ranks
+from trainforge.errors import ConfigError, Preempted, RankFailed, TrainforgeError
+
+LAUNCHED = "TRAINFORGE_LAUNCHED"  # set in the ranks of our own launcher: the parent prepared the run
+NOW = "TRAINFORGE_NOW"  # the start time every rank of one run resolves its run directory from
+SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
+
+
+def process_count(devices, device: str) -> int:
+    """Ranks to start for ``trainer.devices``: N, or ``auto`` = every GPU visible to the job
+    (1 when the run is on the CPU or no GPU is visible)."""
+    if str(devices) != "auto":
+        return int(devices)
+    if device == "cpu" or not os.environ.get("CUDA_VISIBLE_DEVICES", "x").strip():
+        return 1
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def agree_start_time() -> None:
+    """Under torchrun or a SLURM step: rank 0's start time for every rank (``${tf_now:}``
+    in conf/train.yaml), and no ``.hydra/`` writes on the other ranks. Call before Hydra."""
+    ranks = env_ranks()
+    if ranks is None or os.environ.get(LAUNCHED) or os.environ.get(NOW):
+        return
+    from trainforge.engine import distributed as dist
+
+    store = dist.store()
+    if ranks["rank"] == 0:
+        store.set("trainforge/now", repr(time.time()))
+    os.environ[NOW] = store.get("trainforge/now").decode()
+    if ranks["rank"] != 0:
+        sys.argv.append("hydra.output_subdir=null")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(cfg_yaml: str, run_dir: Path, overrides: list, ckpt_path, n: int, on_gpu: bool, log) -> None:
+    """Train in ``n`` rank processes and wait for them. Returns when every rank finished;
+    raises ``Preempted`` when they stopped on a signal, the failing rank's error otherwise
+    (after writing FAILED into status.json if no rank recorded the end)."""
+    workdir = Path(tempfile.mkdtemp(prefix="trainforge-ranks-"))
+    spec = workdir / "spec.json"
+    spec.write_text(json.dumps({"config": cfg_yaml, "run_dir": str(run_dir), "overrides": overrides,
+                                "resume": str(ckpt_path) if ckpt_path else None}))
+    port, visible = _free_port(), _visible_gpus() if on_gpu else None
+    procs = []
+    for r in range(n):
+        env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), **{LAUNCHED: "1"})
+        for key in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS"):
+            env.pop(key, None)  # our ranks, not the scheduler's
+        if visible is not None:  # each rank sees the job's GPUs and takes cuda:<local rank>
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(visible)
+        procs.append(subprocess.Popen([sys.executable, "-m", "trainforge.launch", str(spec), str(workdir)],
+                                      env=env, start_new_session=True))
+    log.info("Launched %d ranks (pids %s)", n, ", ".join(str(p.pid) for p in procs))
+    previous = _forward_signals(procs)
+    try:
+        codes = _wait(procs)
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+    try:
+        _conclude(codes, workdir, run_dir, previous, log)
+    finally:
+        for f in workdir.iterdir():
+            f.unlink()
+        workdir.rmdir()
+
+
+def _visible_gpus() -> list:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        return [v.strip() for v in visible.split(",") if v.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _forward_signals(procs) -> dict:
+    """Pass each stop signal on to every rank (they agree on the step, save once, exit 75)."""
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {}
+    for name in SIGNALS:
+        sig = getattr(signal, name)
+        previous[name] = signal.signal(sig, forward)
+    return previous
+
+
+def _wait(procs) -> list:
+    """Wait for every rank; the first one to fail (not 0, not 75) takes the others down."""
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [c for c in codes if c not in (None, 0, Preempted.EXIT_CODE)]
+        if failed or all(c is not None for c in codes):
+            break
+        time.sleep(0.05)
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        p.wait()
+    for p in procs:  # DataLoader workers of a rank that died on its own
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return codes
+
+
+def _conclude(codes, workdir: Path, run_dir: Path, previous: dict, log) -> None:
+    from trainforge.train import STATUS, write_status
+
+    if all(c == 0 for c in codes):
+        return
+    errors, tracebacks = {}, {}
+    for r in range(len(codes)):
+        if (workdir / f"rank{r}.txt").exists():
+            errors[r], _, tracebacks[r] = (workdir / f"rank{r}.txt").read_text().strip().partition("\n")
+    if all(c == Preempted.EXIT_CODE for c in codes):
+        err = Preempted(errors.get(0, "preempted"))
+        handler = previous.get(next((n for n in SIGNALS if f"by {n}" in str(err)), ""), None)
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(getattr(signal, next(n for n in SIGNALS if f"by {n}" in str(err))), None)
+        raise err
+    rank = next(r for r, c in enumerate(codes) if c not in (None, 0, Preempted.EXIT_CODE))
+    code = codes[rank]
+    why = errors.get(rank) or (f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}")
+    line = f"rank {rank}: {why}" if len(codes) > 1 else why
+    if tracebacks.get(rank):
+        log.error("rank %d failed: %s\n%s", rank, why, tracebacks[rank], extra={"console": False})
+        line += " (traceback in training.log)"
+    status = json.loads((run_dir / STATUS).read_text()) if (run_dir / STATUS).exists() else {}
+    if status.get("status") in (None, "RUNNING"):
+        write_status(run_dir, "FAILED", error=line, failed_rank=rank, started=status.get("started"),
+                     exit_codes=codes)
+    if code == 2:
+        raise TrainforgeError(errors.get(rank, line))
+    raise RankFailed(line)
+
+
+def rank_main(spec_path: str, workdir: str) -> int:
+    """A rank started by ``spawn``: train the parent's config; the one-line outcome goes to
+    ``workdir/rank<r>.txt`` for the parent, which alone prints."""
+    from omegaconf import OmegaConf
+
+    from trainforge.cli import one_line
+    from trainforge.engine import distributed as dist
+    from trainforge.train import run
+
+    spec = json.loads(Path(spec_path).read_text())
+    rank = env_rank()
+    cfg = OmegaConf.create(spec["config"])
+    if spec["resume"]:
+        cfg.resume = spec["resume"]
+    try:
+        run(cfg, run_dir=spec["run_dir"], overrides=spec["overrides"])
+        return 0
+    except BaseException as e:  # noqa: BLE001 - every outcome is reported to the parent
+        if isinstance(e, TrainforgeError):
+            Path(workdir, f"rank{rank}.txt").write_text(one_line(e))
+            return getattr(e, "exit_code", 2)
+        Path(workdir, f"rank{rank}.txt").write_text(f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+        return 1
+    finally:
+        dist.cleanup()
+
+
+def check_devices(devices) -> None:
+    if str(devices) == "auto":
+        return
+    try:
+        ok = int(devices) >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"trainer.devices={devices}: must be an integer >= 1 or auto")
+
+
+if __name__ == "__main__":
+    sys.exit(rank_main(sys.argv[1], sys.argv[2]))
