@@ -138,12 +138,12 @@ class CheckpointHook(HookBase):
         self.save_optimizer, self.every_n_steps = save_optimizer, every_n_steps
         self.saved_step = -1
 
-    def objects(self) -> dict:
+    def objects(self, saving: bool = True) -> dict:
         """What a checkpoint holds. Every rank calls this at a save (the RNG states of all
         ranks are gathered); rank 0 alone writes."""
         t = self.trainer
         objs = {"model": dist.unwrap(t.model), "optimizer": t.optimizer, "scheduler": t.scheduler,
-                "scaler": t.precision, "rng": RNGState.gathered()}
+                "scaler": t.precision, "rng": RNGState.gathered() if saving else RNGState()}
         if not self.save_optimizer:
             del objs["optimizer"]
         return objs
@@ -154,7 +154,7 @@ class CheckpointHook(HookBase):
     def restore(self, ckpt: dict) -> list:
         """Load every object's state from ``ckpt``; RNG last, so nothing consumes it after.
         Returns the names of objects the checkpoint did not hold."""
-        objects = self.objects()
+        objects = self.objects(saving=False)
         if "optimizer" not in objects:
             objects["optimizer"] = self.trainer.optimizer
         rng = objects.pop("rng")

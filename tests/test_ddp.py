@@ -1,0 +1,213 @@
+"""DDP (issue 8): one run on N gloo processes behaves like one process with the global batch.
+
+Every test here runs real rank processes on the CPU: ``trainer.devices=2`` (ranks started
+after composition), torchrun, and processes given a SLURM step's variables.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, write_h5
+from trainforge.data.glint import make_glint
+from trainforge.engine.checkpoint import load_checkpoint
+from trainforge.errors import Preempted
+from trainforge.ranks import env_ranks, first_host
+
+DET = ["data.image_size=32", "log.progress=false", "trainer.deterministic=true", "log.batch_metrics=true",
+       "data.num_samples=160"]  # 128 training samples: 8 global batches of 16 an epoch
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def weights(run: Path) -> dict:
+    return load_checkpoint(run / "latest_checkpoint.pth")["model"]
+
+
+def max_weight_diff(a: Path, b: Path) -> float:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and not any(k.startswith("module.") for k in wa)
+    return max((wa[k].double() - wb[k].double()).abs().max().item() for k in wa)
+
+
+def column(path: Path, name: str) -> list:
+    return [float(r[name]) for r in csv.DictReader(open(path))]
+
+
+def batch_lines(run: Path) -> list:
+    return [ln for ln in (run / "training.log").read_text().splitlines() if "Epoch [" in ln and "Progress" in ln]
+
+
+def assert_matches(ref: Path, run: Path, tol: float = 1e-5) -> None:
+    """Weights and every logged loss of ``run`` within ``tol`` of the one-process ``ref``."""
+    assert max_weight_diff(ref, run) < tol
+    for file, names in (("epoch_metrics.csv", ["train_loss", "train_loss_min", "train_loss_max", "val_loss",
+                                                "val_dice"]),
+                        ("batch_metrics.csv", ["loss", "grad_norm"])):
+        for name in names:
+            a, b = column(ref / file, name), column(run / file, name)
+            assert len(a) == len(b) and np.allclose(a, b, rtol=0, atol=tol), (file, name)
+    assert len(batch_lines(run)) == len(batch_lines(ref))  # one log, each batch once (rank 0 only)
+
+
+def test_two_ranks_equal_one_process_with_the_global_batch(train, env, tmp_path):
+    one, spawned = tmp_path / "one", tmp_path / "spawned"
+    train(*DET, "trainer.epochs=1", "data.batch_size=16", f"hydra.run.dir={one}")
+    proc = train(*DET, "trainer.epochs=1", "data.batch_size=8", "trainer.devices=2", f"hydra.run.dir={spawned}")
+    assert "per-rank batch 8, global batch 16" in proc.stdout
+    assert_matches(one, spawned)
+    status = json.loads((spawned / "status.json").read_text())
+    assert status["status"] == "COMPLETED" and status["world_size"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "spawned"]  # no directory per rank
+
+    # the same under torchrun: every rank composes, all use rank 0's run directory
+    torchrun = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                               f"--master_port={free_port()}", str(ROOT / "train.py"), *DET, "trainer.epochs=1",
+                               "data.batch_size=8"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert torchrun.returncode == 0, torchrun.stderr[:3000]
+    runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
+    assert len(runs) == 1, runs
+    assert (runs[0] / ".hydra" / "config.yaml").exists()
+    assert_matches(one, runs[0])
+    assert torchrun.stdout.count("Epoch [1/1] done") == 1  # rank 0 alone prints
+
+
+def start(env, cwd, *args, **kw):
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def wait_for_line(log: Path, proc, text: str, timeout=240) -> str:
+    deadline = time.time() + timeout
+    while True:
+        content = log.read_text() if log.exists() else ""
+        if text in content:
+            return content
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.time() < deadline
+        time.sleep(0.02)
+
+
+def test_two_ranks_resume_exactly_also_after_sigterm_to_the_parent(train, env, tmp_path):
+    straight, split, stopped = tmp_path / "straight", tmp_path / "split", tmp_path / "stopped"
+    args = [*DET, "data.num_samples=320", "data.batch_size=8", "trainer.devices=2"]  # 16 batches a rank
+    train(*args, "trainer.epochs=2", f"hydra.run.dir={straight}")
+    train(*args, "trainer.epochs=1", f"hydra.run.dir={split}")
+    train(f"resume={split}", "trainer.epochs=2")
+    assert max_weight_diff(straight, split) == 0.0
+    for name in ("epoch_metrics.csv", "batch_metrics.csv"):
+        strip = lambda p: [{k: v for k, v in r.items() if k != "epoch_time"}  # noqa: E731
+                           for r in csv.DictReader(open(p / name))]
+        assert strip(straight) == strip(split)
+
+    proc = start(env, tmp_path, *args, "trainer.epochs=2", f"hydra.run.dir={stopped}")
+    wait_for_line(stopped / "training.log", proc, "Epoch [1/2] - Progress 18.8% (3/16)")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == Preempted.EXIT_CODE
+    err = proc.stderr.read().strip().splitlines()
+    assert len(err) == 1 and "SIGTERM" in err[0], err
+    assert json.loads((stopped / "status.json").read_text())["status"] == "PREEMPTED"
+    log = (stopped / "training.log").read_text()
+    assert log.count("Saved ") == 1  # saved once, by rank 0
+    ckpt = load_checkpoint(stopped / "latest_checkpoint.pth")
+    assert ckpt["epoch"] == 0 and 3 <= ckpt["batch_in_epoch"] < 16 and ckpt["world_size"] == 2
+    assert len(ckpt["rng"]["ranks"]) == 2  # every rank's RNG
+    train(f"resume={stopped}")
+    assert max_weight_diff(straight, stopped) == 0.0
+    assert column(straight / "batch_metrics.csv", "loss") == column(stopped / "batch_metrics.csv", "loss")
+
+    # another world size is refused with a one-line diff, and continues from the global position when forced
+    refused = train(f"resume={split}", "trainer.devices=1", "trainer.epochs=3", check=False)
+    err = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(err) == 1 and "world size (trainer.devices) 2 -> 1" in err[0]
+    train(f"resume={stopped}/checkpoints/checkpoint_epoch_001.pth", "trainer.devices=1", "+resume_force=true",
+          "data.batch_size=16", "trainer.epochs=3")
+    assert [int(r["epoch"]) for r in csv.DictReader(open(stopped / "epoch_metrics.csv"))] == [1, 2, 3]
+
+
+def test_nan_on_one_rank_stops_every_rank_at_the_same_step(train, tmp_path):
+    images, masks = make_glint(160, 32)
+    images[5, 0, 3, 3] = np.nan  # unshuffled, rank 1 alone draws sample 5 (ranks take every other sample)
+    path = write_h5(tmp_path / "nan.h5", images=images, masks=masks)
+    run = tmp_path / "run"
+    started = time.time()
+    proc = train(*DET, f"data.path={path}", "data.shuffle=false", "data.batch_size=8", "trainer.devices=2",
+                 "trainer.epochs=2", "trainer.ddp_timeout=60", f"hydra.run.dir={run}", check=False)
+    assert time.time() - started < 60  # no rank waited for the timeout
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(err) == 1 and "non-finite loss" in err[0] and "batch 1," in err[0], err
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "FAILED" and "non-finite" in status["error"]
+    assert not (run / "latest_checkpoint.pth").exists()
+
+
+def rank_pids(log: Path) -> list:
+    line = next(ln for ln in log.read_text().splitlines() if "Launched 2 ranks" in ln)
+    return [int(p) for p in line.split("pids ")[1].rstrip(")").split(", ")]
+
+
+def test_a_rank_killed_mid_epoch_fails_the_run_and_leaves_no_process(env, tmp_path):
+    run = tmp_path / "run"
+    proc = start(env, tmp_path, *DET, "data.num_samples=800", "data.batch_size=8", "trainer.devices=2",
+                 "trainer.epochs=1", "data.num_workers=1", "trainer.ddp_timeout=30", f"hydra.run.dir={run}")
+    wait_for_line(run / "training.log", proc, "(3/40)")
+    pids = rank_pids(run / "training.log")
+    os.kill(pids[1], signal.SIGKILL)
+    assert proc.wait(timeout=30) == 1
+    err = proc.stderr.read().strip().splitlines()
+    assert len(err) == 1 and "rank 1: killed by SIGKILL" in err[0], err
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "FAILED" and "rank 1" in status["error"]
+    for pid in pids:  # each rank led its own process group, its loader workers included
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
+
+
+def test_processes_with_slurm_variables_train_as_one_run(env, tmp_path):
+    port, procs = free_port(), []
+    for rank in (0, 1):
+        slurm = dict(env, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NTASKS="2",
+                     SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID="4242", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "train.py"), *DET, "trainer.epochs=1",
+                                       "data.batch_size=8"], cwd=tmp_path, env=slurm, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    runs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
+    assert len(runs) == 1
+    assert json.loads((runs[0] / "status.json").read_text())["world_size"] == 2
+    assert len(batch_lines(runs[0])) == 8 and outs[1][0] == ""  # 8 global batches, logged by rank 0 alone
+
+
+def test_rank_environment(monkeypatch):
+    assert first_host("gpu[03-05,9],cpu1") == "gpu03" and first_host("node7") == "node7"
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert env_ranks() is None  # a one-task job is no DDP run
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[12-15]")
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    ranks = env_ranks()
+    assert ranks == {"rank": 5, "world_size": 8, "local_rank": 1, "master_addr": "gpu12", "master_port": 20777}
+    assert os.environ["RANK"] == "5" and os.environ["WORLD_SIZE"] == "8"
+    assert torch.distributed.is_available()
