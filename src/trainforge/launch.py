@@ -124,13 +124,20 @@ def _forward_signals(procs) -> dict:
     return previous
 
 
-def _wait(procs) -> list:
-    """Wait for every rank; the first one to fail (not 0, not 75) takes the others down."""
+def _wait(procs, grace_s: float = 10.0) -> list:
+    """Wait for every rank; the first one to fail (not 0, not 75) takes the others down.
+    A user error (exit 2) is one every rank reaches at the same step: the others get
+    ``grace_s`` to end on their own (rank 0 records the run's end)."""
+    deadline = None
     while True:
         codes = [p.poll() for p in procs]
         failed = [c for c in codes if c not in (None, 0, Preempted.EXIT_CODE)]
-        if failed or all(c is not None for c in codes):
+        if all(c is not None for c in codes) or (failed and failed[0] != 2):
             break
+        if failed:
+            deadline = deadline or time.time() + grace_s
+            if time.time() > deadline:
+                break
         time.sleep(0.05)
     for p in procs:
         if p.poll() is None:
@@ -158,9 +165,10 @@ def _conclude(codes, workdir: Path, run_dir: Path, previous: dict, log) -> None:
             errors[r], _, tracebacks[r] = (workdir / f"rank{r}.txt").read_text().strip().partition("\n")
     if all(c == Preempted.EXIT_CODE for c in codes):
         err = Preempted(errors.get(0, "preempted"))
-        handler = previous.get(next((n for n in SIGNALS if f"by {n}" in str(err)), ""), None)
+        name = next((n for n in SIGNALS if f"by {n}" in str(err)), None)
+        handler = previous.get(name)
         if callable(handler) and handler is not signal.default_int_handler:
-            handler(getattr(signal, next(n for n in SIGNALS if f"by {n}" in str(err))), None)
+            handler(getattr(signal, name), None)  # e.g. submitit's requeue, as PreemptionHook.hand_on
         raise err
     rank = next(r for r, c in enumerate(codes) if c not in (None, 0, Preempted.EXIT_CODE))
     code = codes[rank]

@@ -28,8 +28,8 @@ def env_ranks() -> dict | None:
     A SLURM step exports the torchrun variables from its own (so later code reads one set)."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        world = int(env["WORLD_SIZE"])
-        return None if world <= 1 else {
+        world = int(env["WORLD_SIZE"])  # torchrun --nproc_per_node=1 too: a process group of one
+        return None if world < 1 else {
             "rank": int(env["RANK"]), "world_size": world, "local_rank": int(env.get("LOCAL_RANK", 0)),
             "master_addr": env.get("MASTER_ADDR", "127.0.0.1"), "master_port": int(env.get("MASTER_PORT", 29500))}
     tasks = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")) or 1)
