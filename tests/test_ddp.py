@@ -211,3 +211,17 @@ def test_rank_environment(monkeypatch):
     assert ranks == {"rank": 5, "world_size": 8, "local_rank": 1, "master_addr": "gpu12", "master_port": 20777}
     assert os.environ["RANK"] == "5" and os.environ["WORLD_SIZE"] == "8"
     assert torch.distributed.is_available()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer.devices=0"], "trainer.devices=0: must be an integer >= 1 or auto"),
+    (["trainer.devices=two"], "trainer.devices=two: must be an integer >= 1 or auto"),
+    (["trainer.devices=2", "trainer.device=cpu", "trainer.sync_batchnorm=true"], "trainer.sync_batchnorm=true"),
+    (["trainer.ddp_timeout=0"], "trainer.ddp_timeout=0"),
+])
+def test_bad_ddp_settings_fail_at_the_door(compose_cfg, overrides, message):
+    from trainforge.config import validate
+    from trainforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        validate(compose_cfg(*overrides))

@@ -319,6 +319,6 @@ def validate(cfg) -> None:
                           "epoch_metrics.csv and metrics.json hold every metric")
     from trainforge.launch import check_devices
 
-    check_devices(cfg.trainer.devices)
+    check_devices(cfg.trainer.devices, cfg.trainer.device, cfg.trainer.sync_batchnorm)
     if cfg.trainer.ddp_timeout <= 0:
         raise ConfigError(f"trainer.ddp_timeout={cfg.trainer.ddp_timeout}: must be > 0 (seconds)")

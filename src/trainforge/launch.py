@@ -213,15 +213,21 @@ def rank_main(spec_path: str, workdir: str) -> int:
         dist.cleanup()
 
 
-def check_devices(devices) -> None:
-    if str(devices) == "auto":
-        return
-    try:
-        ok = int(devices) >= 1
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(f"trainer.devices={devices}: must be an integer >= 1 or auto")
+def check_devices(devices, device: str = "auto", sync_batchnorm: bool = False) -> None:
+    """``trainer.devices`` is N >= 1 or auto; SyncBatchNorm needs GPUs (it has no CPU kernel)."""
+    if str(devices) != "auto":
+        try:
+            ok = int(devices) >= 1
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"trainer.devices={devices}: must be an integer >= 1 or auto")
+    if sync_batchnorm and str(devices) not in ("1", "auto") and not str(device).startswith("cuda"):
+        import torch
+
+        if device == "cpu" or not torch.cuda.is_available():
+            raise ConfigError("trainer.sync_batchnorm=true: SyncBatchNorm runs on GPUs only; "
+                              "set it to false for ranks on the CPU")
 
 
 if __name__ == "__main__":
