@@ -86,7 +86,7 @@ def run(cfg, run_dir=None, overrides=None):
         if ranks is None and n > 1:
             log.info("DDP on %d processes (%s): per-rank batch %d, global batch %d", n,
                      "nccl" if _on_gpu(cfg) else "gloo", cfg.data.batch_size, cfg.data.batch_size * n)
-            delegated = True
+            delegated, ckpt = True, None  # the ranks load the checkpoint themselves
             launch.spawn(OmegaConf.to_yaml(cfg, resolve=True), run_dir, overrides, ckpt_path, n, _on_gpu(cfg), log)
             return json.loads((run_dir / STATUS).read_text()).get("best", {}).get("value")
         from trainforge.build import build
@@ -132,11 +132,14 @@ def run(cfg, run_dir=None, overrides=None):
     finally:
         for handler in logging.getLogger(LOGGER).handlers:
             handler.flush()
+        if ranks is not None and trainer is None:
+            dist.cleanup()
     best = _checkpointer(trainer).manager.best
     if main:
         write_status(run_dir, "COMPLETED", started=started, finished=time.time(), world_size=dist.world_size(),
                      **_final(trainer))
     log.info("Done in %.1fs. Best %s: %s (epoch %s)", time.time() - started, best["monitor"], best["value"], best["epoch"])
+    dist.cleanup()
     return best["value"]
 
 
