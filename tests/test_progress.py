@@ -118,3 +118,17 @@ def test_progress_spellings_and_modes(compose_cfg):
 
     assert resolve("auto", Terminal()) == "bar" and resolve("auto", io.StringIO()) == "lines"
     assert resolve("lines", Terminal()) == "lines" and resolve("false", Terminal()) == "false"
+
+
+def test_gpu_memory_fields_reach_the_block_and_the_csv_row():
+    """GpuMemoryHook's fields (CUDA only, checked on a GPU by scripts/check_gpu_memory.py)
+    flow into the epoch block and the CSV row like any other epoch field."""
+    from trainforge.engine.logging import epoch_block, flatten
+
+    record = {"epoch": 1, "train": {"loss": 0.5, "loss_min": 0.4, "loss_max": 0.6}, "val": {"loss": 0.7},
+              "lr": 0.1, "epoch_time": 2.0, "gpu_mem_peak_gib": 1.2345, "gpu_mem_reserved_gib": 2.5}
+    assert "  GPU memory peak: 1.23 GiB allocated - 2.50 GiB reserved" in epoch_block(record, 3, 4.0).splitlines()
+    row = flatten(record)
+    assert list(row)[-2:] == ["gpu_mem_peak_gib", "gpu_mem_reserved_gib"] and row["gpu_mem_peak_gib"] == 1.2345
+    del record["gpu_mem_peak_gib"], record["gpu_mem_reserved_gib"]
+    assert "GPU" not in epoch_block(record, 3, 4.0) and list(flatten(record))[-1] == "epoch_time"

@@ -150,13 +150,14 @@ def best_epoch(run: Run):
     return int(run.epochs["epoch"][i]), float(values[i])
 
 
-def _log_tail(path: Path, size: int = 65536) -> str:
+def _log_facts(path: Path) -> tuple:
+    """(times resumed, the last batch line's (epoch, epochs, batch, batches) or None)."""
     try:
-        with open(path / "training.log", "rb") as f:
-            f.seek(max(0, f.seek(0, 2) - size))
-            return f.read().decode(errors="replace")
+        data = (path / "training.log").read_bytes()
     except OSError:
-        return ""
+        return 0, None
+    lines = BATCH_LINE.findall(data[-65536:].decode(errors="replace"))
+    return data.count(b"Resumed from "), lines[-1] if lines else None
 
 
 def _alive(status: dict) -> bool | None:
@@ -226,12 +227,9 @@ def summary(run: Run) -> dict:
                          "max_s": float(t.max())}
     if "gpu_mem_peak_gib" in e:
         facts["gpu_mem_peak_gib"] = float(e["gpu_mem_peak_gib"].max())
-    tail = _log_tail(run.path)
-    facts["resumes"] = tail.count("Resumed from") if len(tail) < 65536 else None
-    lines = BATCH_LINE.findall(tail)
-    if facts["status"] == "RUNNING" and lines:
-        ep, eps, b, n = lines[-1]
-        facts["position"] = f"epoch {ep}/{eps}, batch {b}/{n}"
+    facts["resumes"], last = _log_facts(run.path)
+    if facts["status"] == "RUNNING" and last:
+        facts["position"] = "epoch {}/{}, batch {}/{}".format(*last)
     return facts
 
 
@@ -352,12 +350,19 @@ def analyze(path, batch_metrics: bool = False, window: int | None = None, out=pr
     raise AnalysisError(f"{path}: holds no run (none of {', '.join(RUN_FILES)}) and no job directories{hint}")
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: want an integer >= 1")
+    return int(text)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="analyze_training.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", help="a run directory or a sweep directory (multirun/DATE/TIME)")
     parser.add_argument("--batch_metrics", "--batch-metrics", action="store_true",
                         help="also plot batch_metrics.csv: batch loss with a rolling mean and the per-epoch spread")
-    parser.add_argument("--window", type=int, default=None, help="rolling-mean window in batches (default: ~1/10 epoch)")
+    parser.add_argument("--window", type=_positive, default=None,
+                        help="rolling-mean window in batches (default: a tenth of an epoch, at least 3)")
     args = parser.parse_args(argv)
     try:
         analyze(args.dir, args.batch_metrics, args.window)

@@ -96,20 +96,28 @@ def run_figures(run, window: int | None = None) -> dict:
                 if col == run.monitor:
                     _mark_best(ax, run, best)
             figs["val_metrics"] = fig
-        for name, cols, title, ylabel in (("lr", ["lr"], "Learning rate (last update of each epoch)", "lr"),
-                                          ("grad_norm", ["train_grad_norm"], "Gradient norm before clipping "
-                                           "(epoch mean)", "norm"),
-                                          ("epoch_time", ["epoch_time"], "Epoch time", "seconds"),
-                                          ("gpu_memory", ["gpu_mem_peak_gib", "gpu_mem_reserved_gib"],
-                                           "Peak GPU memory per epoch", "GiB")):
-            if cols[0] in e and e[cols[0]].notna().any():
-                fig, (ax,) = _figure()
-                _epoch_lines(ax, e, cols, title, ylabel)
-                figs[name] = fig
+        figs.update(_single_figures(e))
     if run.batches is not None and len(run.batches) and "loss" in run.batches:
         frame = batch_frame(run.batches, window)
         figs["batch_loss"] = _batch_loss(frame)
         figs["stability"] = _stability(run.batches)
+    return figs
+
+
+SINGLE = (("lr", ["lr"], "Learning rate (last update of each epoch)", "lr"),
+          ("grad_norm", ["train_grad_norm"], "Gradient norm before clipping (epoch mean)", "norm"),
+          ("epoch_time", ["epoch_time"], "Epoch time", "seconds"),
+          ("gpu_memory", ["gpu_mem_peak_gib", "gpu_mem_reserved_gib"], "Peak GPU memory per epoch", "GiB"))
+
+
+def _single_figures(e) -> dict:
+    """One figure per SINGLE entry whose first column holds a value."""
+    figs = {}
+    for name, cols, title, ylabel in SINGLE:
+        if cols[0] in e and e[cols[0]].notna().any():
+            fig, (ax,) = _figure()
+            _epoch_lines(ax, e, cols, title, ylabel)
+            figs[name] = fig
     return figs
 
 
