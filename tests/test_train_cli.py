@@ -24,8 +24,8 @@ def test_interval_stdout_every_batch_in_log_and_cosine_lr(train, tmp_path):
                  "data.image_size=32", "log.batch_metrics=true", f"hydra.run.dir={run}")
     batches, epochs = 40, 3  # 640 training samples / 16
     stdout_lines = [ln for ln in proc.stdout.splitlines() if BATCH_LINE.match(ln)]  # whole line
-    assert len(stdout_lines) == epochs * batches // 20
-    assert all("(20/40)" in ln or "(40/40)" in ln for ln in stdout_lines)
+    assert len(stdout_lines) == epochs * (1 + batches // 20)  # the first batch of each epoch, then every 20th
+    assert [re.search(r"\((\d+)/40\)", ln).group(1) for ln in stdout_lines] == ["1", "20", "40"] * epochs
     log_lines = [ln for ln in (run / "training.log").read_text().splitlines() if BATCH_LINE.search(ln)]
     assert len(log_lines) == epochs * batches
     assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", log_lines[0])  # timestamped

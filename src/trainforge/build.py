@@ -86,6 +86,28 @@ def build_model(node, warm_start: bool) -> torch.nn.Module:
     return model
 
 
+def logging_hooks(log_cfg, run_dir, device) -> tuple:
+    """(display, logs): the progress bar, if any, which goes before EvalHook so that it
+    closes before validation; then, after EvalHook, peak GPU memory (before the epoch
+    record is made, after validation ran), LoggingHook, TensorBoard (reads the record)."""
+    from trainforge.config import progress_mode
+    from trainforge.engine import progress
+
+    mode = progress.resolve(progress_mode(log_cfg.progress)) if dist.is_main() else "false"
+    logger = LoggingHook(run_dir, log_cfg.interval, mode == "lines", log_cfg.batch_metrics)
+    display = [progress.ProgressHook(logger)] if mode == "bar" else []
+    logs = [logger]
+    if device.type == "cuda":
+        from trainforge.engine.monitors import GpuMemoryHook
+
+        logs.insert(0, GpuMemoryHook(logger))
+    if log_cfg.tensorboard and dist.is_main():
+        from trainforge.engine.monitors import TensorBoardHook
+
+        logs.append(TensorBoardHook(run_dir, logger))
+    return display, logs
+
+
 def build(cfg, run_dir, overrides=(), resuming=False) -> BaseTrainer:
     """Build the trainer for ``cfg`` writing into ``run_dir``. Order: determinism, device,
     seed, data, loaders, model, loss, optimizer, scheduler, precision, hooks, trainer.
@@ -126,8 +148,8 @@ def build(cfg, run_dir, overrides=(), resuming=False) -> BaseTrainer:
     ck = cfg.checkpoint
     available = available_metrics(loss_fn, metrics)
     check_monitor("checkpoint.monitor", ck.monitor, available)
-    hooks = [EvalHook(val_loader, metrics),
-             LoggingHook(run_dir, cfg.log.interval, cfg.log.progress, cfg.log.batch_metrics)]
+    display, logs = logging_hooks(cfg.log, run_dir, device)
+    hooks = [*display, EvalHook(val_loader, metrics), *logs]
     if hasattr(scheduler, "observe"):
         check_monitor("scheduler.monitor", scheduler.monitor, available)
         hooks.append(PlateauHook())

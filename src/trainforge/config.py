@@ -216,8 +216,8 @@ class PlateauConf:
 class LogConf:
     interval: int = 1  # stdout batch line every `interval` batches; training.log gets every batch
     batch_metrics: bool = False
-    tensorboard: bool = False
-    progress: bool = True  # false: no batch lines on stdout at all (training.log keeps them)
+    tensorboard: bool = False  # true: scalars in <run_dir>/tensorboard/ (needs the tensorboard extra)
+    progress: str = "auto"  # auto | bar | lines | false (true = auto); training.log is the same either way
 
 
 @dataclass
@@ -299,6 +299,18 @@ _MIN = {
 }
 
 
+PROGRESS = ("auto", "bar", "lines", "false")
+
+
+def progress_mode(value) -> str:
+    """``log.progress`` as one of PROGRESS; the boolean spellings of the old schema still
+    work (true = auto, false = no batch display on stdout)."""
+    mode = {"true": "auto"}.get(str(value).lower(), str(value).lower())
+    if mode not in PROGRESS:
+        raise ConfigError(f"log.progress={value}: allowed values are {', '.join(PROGRESS)} (true = auto)")
+    return mode
+
+
 def validate(cfg) -> None:
     """Raise ConfigError naming the first key whose value is out of range or not allowed."""
     from omegaconf import OmegaConf
@@ -314,9 +326,7 @@ def validate(cfg) -> None:
     clip = cfg.trainer.clip_grad
     if clip is not None and clip <= 0:
         raise ConfigError(f"trainer.clip_grad={clip}: must be > 0 (or null for no clipping)")
-    if cfg.log.tensorboard:
-        raise ConfigError("log.tensorboard=true: TensorBoard logging is not available yet; "
-                          "epoch_metrics.csv and metrics.json hold every metric")
+    progress_mode(cfg.log.progress)
     from trainforge.launch import check_devices
 
     check_devices(cfg.trainer.devices, cfg.trainer.device, cfg.trainer.sync_batchnorm)

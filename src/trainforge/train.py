@@ -204,5 +204,9 @@ def _final(trainer) -> dict:
     if trainer is None:
         return {}
     last = trainer.history[-1] if trainer.history else None
-    return {"epoch": trainer.epoch, "step": trainer.step, "final": last, "best": _checkpointer(trainer).manager.best}
+    out = {"epoch": trainer.epoch, "step": trainer.step, "final": last, "best": _checkpointer(trainer).manager.best}
+    peaks = [r["gpu_mem_peak_gib"] for r in trainer.history if "gpu_mem_peak_gib" in r]
+    if peaks:  # on a GPU only: the run's peak, besides each epoch's in final / epoch_metrics.csv
+        out["gpu_mem_peak_gib"] = max(peaks)
+    return out
 

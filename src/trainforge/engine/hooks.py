@@ -56,13 +56,19 @@ class LoggingHook(HookBase):
     block, ``epoch_metrics.csv``, ``metrics.json`` and optionally ``batch_metrics.csv``.
 
     Batch values reach the host through the trainer's meter, one step late on a GPU, so
-    logging never stalls the step.
+    logging never stalls the step. ``progress`` false keeps batch lines off stdout (a
+    progress bar shows them instead, or nothing). Each ``sinks`` callable gets every list
+    of batch records written (the progress bar, TensorBoard); ``extra`` fields set by
+    earlier hooks join the epoch record (peak GPU memory).
     """
 
     def __init__(self, run_dir, interval=1, progress=True, batch_metrics=False):
         self.run_dir, self.interval, self.progress = Path(run_dir), interval, progress
         self.batch_metrics, self.batch_csv = batch_metrics, None
         self.main = dist.is_main()  # rank 0 alone writes files
+        self.sinks: list = []
+        self.extra: dict = {}
+        self.first = 1
 
     def before_train(self) -> None:
         t = self.trainer
@@ -76,6 +82,7 @@ class LoggingHook(HookBase):
 
     def before_epoch(self) -> None:
         self.start = time.perf_counter()
+        self.first = self.trainer.batch_in_epoch + 1  # shown on stdout whatever the interval
 
     def after_step(self) -> None:
         self._write(self.trainer.collect())
@@ -85,19 +92,21 @@ class LoggingHook(HookBase):
         for rec in records:
             loss, batch = rec["values"][0], rec["batch"]
             line = batch_line(rec["epoch"] + 1, t.epochs, batch, t.batches_per_epoch, loss, rec["lr"])
-            on_grid = self.progress and batch % self.interval == 0
+            on_grid = self.progress and (batch % self.interval == 0 or batch == self.first)
             if rec["nonfinite"] and t.on_nonfinite == "skip":
                 line += f" - skipped update ({t.consecutive_nonfinite} consecutive)"
             log.info(line, extra={"console": on_grid or rec["nonfinite"]})
             if self.batch_csv is not None:
                 self.batch_csv.add([rec["epoch"] + 1, batch, rec["step"], *rec["values"], rec["lr"]])
             self.last_lr = rec["lr"]
+        for sink in self.sinks:
+            sink(records)
 
     def after_epoch(self) -> None:
         t = self.trainer
         self._write(t.collect(block=True))
         record = {"epoch": t.epoch + 1, "train": t.stats.summary(), "val": dict(t.val_metrics),
-                  "lr": self.last_lr, "epoch_time": time.perf_counter() - self.start}
+                  "lr": self.last_lr, "epoch_time": time.perf_counter() - self.start, **self.extra}
         t.history.append(record)
         times = [r["epoch_time"] for r in t.history]
         eta = sum(times) / len(times) * (t.epochs - t.epoch - 1)

@@ -63,6 +63,9 @@ def epoch_block(record: dict, epochs: int, eta_s: float, note: str = "") -> str:
         lines.append("  Train: " + " - ".join(parts))
     lines.append(f"  LR: {record['lr']:.8f}")
     lines.append(f"  Epoch time: {record['epoch_time']:.2f}s - ETA: {datetime.timedelta(seconds=round(eta_s))}")
+    if "gpu_mem_peak_gib" in record:
+        lines.append(f"  GPU memory peak: {record['gpu_mem_peak_gib']:.2f} GiB allocated - "
+                     f"{record['gpu_mem_reserved_gib']:.2f} GiB reserved")
     if val:
         lines.append("  Validation: " + " - ".join(f"{k} {v:.6f}" for k, v in val.items()))
     if note:
@@ -72,11 +75,13 @@ def epoch_block(record: dict, epochs: int, eta_s: float, note: str = "") -> str:
 
 
 def flatten(record: dict) -> dict:
-    """One epoch record -> one CSV row (train_*, val_*, lr, epoch_time)."""
+    """One epoch record -> one CSV row (train_*, val_*, lr, epoch_time, then any extra
+    top-level fields such as gpu_mem_peak_gib)."""
     row = {"epoch": record["epoch"]}
     row.update({f"train_{k}": v for k, v in record["train"].items()})
     row.update({f"val_{k}": v for k, v in record.get("val", {}).items()})
     row["lr"], row["epoch_time"] = record["lr"], record["epoch_time"]
+    row.update({k: v for k, v in record.items() if k not in ("epoch", "train", "val", "lr", "epoch_time")})
     return row
 
 

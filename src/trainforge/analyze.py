@@ -1,0 +1,376 @@
+"""What a researcher opens after a run or a sweep: plots, a summary, a ranked comparison.
+
+``python -m trainforge.analyze DIR [--batch_metrics]`` (also ``scripts/analyze_training.py``):
+
+- DIR a run directory: PNGs in ``DIR/plots/`` and a printed summary (status, best epoch of
+  the monitored metric, final values, time, warnings). Works on a run in progress, a
+  resumed run and a directory with only some of its files (it says which are missing).
+- DIR a sweep directory (``multirun/DATE/TIME/``): one overlay figure per metric in
+  ``DIR/plots/`` and ``DIR/comparison.csv``, the jobs ranked by the monitored metric,
+  jobs without a value (failed, not started) listed last.
+
+Reads only the files of the run-directory contract (DESIGN.md section 3), with pandas;
+figures are matplotlib ``Figure`` objects rendered by Agg (no display, no pyplot state).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RUN_FILES = ("epoch_metrics.csv", "metrics.json", "batch_metrics.csv", "status.json", "training.log")
+BATCH_LINE = re.compile(r"Epoch \[(\d+)/(\d+)\] - Progress [\d.]+% \((\d+)/(\d+)\)")
+RISE = 0.10  # a loss this far (relative) above its minimum at the last epoch is "going up"
+GAP = 1.5  # val_loss this many times train_loss at the last epoch is a gap worth a warning
+
+
+class AnalysisError(Exception):
+    """A directory that cannot be analysed; the message is one line."""
+
+
+@dataclass
+class Run:
+    """What one run directory holds. ``epochs``: one row per finished epoch, columns as in
+    ``epoch_metrics.csv``; ``batches``: ``batch_metrics.csv`` (None if absent or not asked for)."""
+
+    path: Path
+    epochs: object  # pandas.DataFrame
+    batches: object = None
+    status: dict = field(default_factory=dict)
+    monitor: str = "val_loss"
+    mode: str = "min"
+    planned: int | None = None  # trainer.epochs of the config
+    overrides: list = field(default_factory=list)
+    missing: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def is_run(path: Path) -> bool:
+    return any((path / f).exists() for f in RUN_FILES)
+
+
+def _numeric(frame):
+    import pandas as pd
+
+    return frame.apply(pd.to_numeric, errors="coerce")
+
+
+def read_table(path: Path):
+    """A metrics CSV as numbers. A last line cut short by a crash (its last column,
+    ``lr`` or ``epoch_time``, empty) is dropped; unreadable lines are skipped."""
+    import pandas as pd
+
+    frame = _numeric(pd.read_csv(path, on_bad_lines="skip"))
+    if len(frame.columns):
+        frame = frame[frame[frame.columns[-1]].notna() & frame[frame.columns[0]].notna()]
+    return frame.reset_index(drop=True)
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _epochs(path: Path, run_notes: list):
+    """Epoch rows from epoch_metrics.csv, else metrics.json; one row per epoch (the last)."""
+    import pandas as pd
+
+    if (path / "epoch_metrics.csv").exists():
+        frame = read_table(path / "epoch_metrics.csv")
+    elif isinstance(records := _json(path / "metrics.json"), list) and records:
+        frame = _numeric(pd.json_normalize(records, sep="_"))
+        run_notes.append("epoch rows read from metrics.json (no epoch_metrics.csv)")
+    else:
+        return pd.DataFrame({"epoch": []})
+    if "epoch" in frame and frame["epoch"].duplicated().any():
+        run_notes.append("epoch_metrics.csv repeats epochs: the last row of each is used")
+        frame = frame.drop_duplicates("epoch", keep="last")
+    return frame.sort_values("epoch").reset_index(drop=True) if "epoch" in frame else frame
+
+
+def _config(path: Path) -> dict:
+    if not (path / "config.yaml").exists():
+        return {}
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path / "config.yaml"))
+    except Exception:  # noqa: BLE001 - a damaged config only costs the monitor's name
+        return {}
+
+
+def load_run(path, batch_metrics: bool = True) -> Run:
+    """Everything the plots and the summary need from one run directory."""
+    path = Path(path)
+    notes: list = []
+    run = Run(path, _epochs(path, notes), notes=notes)
+    run.status = _json(path / "status.json") or {}
+    cfg = _config(path)
+    best = run.status.get("best") or {}
+    ck = cfg.get("checkpoint", {})
+    run.monitor = ck.get("monitor") or best.get("monitor") or "val_loss"
+    run.mode = ck.get("mode") or best.get("mode") or "min"
+    run.planned = cfg.get("trainer", {}).get("epochs")
+    overrides = path / ".hydra" / "overrides.yaml"
+    if overrides.exists():
+        from omegaconf import OmegaConf
+
+        run.overrides = [str(o) for o in OmegaConf.load(overrides)]
+    for name in ("epoch_metrics.csv", "metrics.json", "status.json", "training.log", "config.yaml"):
+        if not (path / name).exists():
+            run.missing.append(name)
+    if batch_metrics:
+        if (path / "batch_metrics.csv").exists():
+            run.batches = read_table(path / "batch_metrics.csv")
+        else:
+            run.missing.append("batch_metrics.csv (train with log.batch_metrics=true for the batch plots)")
+    return run
+
+
+def best_epoch(run: Run):
+    """(epoch, value) of the best finite value of the monitored metric, or None."""
+    if run.monitor not in run.epochs or not len(run.epochs):
+        return None
+    values = run.epochs[run.monitor].where(run.epochs[run.monitor].map(math.isfinite))
+    if values.notna().sum() == 0:
+        return None
+    i = values.idxmax() if run.mode == "max" else values.idxmin()
+    return int(run.epochs["epoch"][i]), float(values[i])
+
+
+def _log_facts(path: Path) -> tuple:
+    """(times resumed, the last batch line's (epoch, epochs, batch, batches) or None)."""
+    try:
+        data = (path / "training.log").read_bytes()
+    except OSError:
+        return 0, None
+    lines = BATCH_LINE.findall(data[-65536:].decode(errors="replace"))
+    return data.count(b"Resumed from "), lines[-1] if lines else None
+
+
+def _alive(status: dict) -> bool | None:
+    """Whether the run's process still exists (None: it ran on another host)."""
+    if status.get("host") != socket.gethostname() or not status.get("pid"):
+        return None
+    try:
+        os.kill(int(status["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def warnings_for(run: Run) -> list:
+    """What a researcher wants pointed out: rising losses, non-finite steps, a train/val
+    gap, a run that died without saying so."""
+    out, e = [], run.epochs
+    for col in ("train_loss", "val_loss"):
+        if col in e and len(e) >= 2 and e[col].map(math.isfinite).all():
+            low = e[col].min()
+            last = e[col].iloc[-1]
+            if low > 0 and last > low * (1 + RISE):
+                at = int(e["epoch"][e[col].idxmin()])
+                out.append(f"{col} going up: {last:.4g} at the last epoch, {(last / low - 1):.0%} above "
+                           f"its minimum {low:.4g} at epoch {at}")
+    bad = int(e["train_nonfinite"].sum()) if "train_nonfinite" in e else 0
+    if bad:
+        epochs = ", ".join(str(int(x)) for x in e["epoch"][e["train_nonfinite"] > 0])
+        out.append(f"{bad} non-finite batch loss(es) (epochs {epochs})")
+    elif run.batches is not None and "loss" in run.batches:
+        n = int((~run.batches["loss"].map(math.isfinite)).sum())
+        if n:
+            out.append(f"{n} non-finite batch loss(es) in batch_metrics.csv")
+    for col in ("train_loss", "val_loss"):
+        if col in e and len(e) and not e[col].map(math.isfinite).all():
+            out.append(f"{col} is not finite at epoch(s) "
+                       + ", ".join(str(int(x)) for x in e["epoch"][~e[col].map(math.isfinite)]))
+    if {"train_loss", "val_loss"} <= set(e) and len(e):
+        train, val = e["train_loss"].iloc[-1], e["val_loss"].iloc[-1]
+        if train > 0 and val > GAP * train:
+            out.append(f"val_loss is {val / train:.1f}x train_loss at the last epoch ({val:.4g} vs {train:.4g}): "
+                       "overfitting, or a train/val mismatch")
+    if run.status.get("status") == "RUNNING" and _alive(run.status) is False:
+        out.append(f"status.json says RUNNING but process {run.status['pid']} on {run.status['host']} is gone "
+                   "(killed without a chance to record it?)")
+    if "epoch" in e and len(e) and list(e["epoch"]) != list(range(1, len(e) + 1)):
+        out.append("epochs are not 1..N: " + ", ".join(str(int(x)) for x in e["epoch"]))
+    return out
+
+
+def summary(run: Run) -> dict:
+    """The facts the printed summary shows (also for tests and scripts)."""
+    e, st = run.epochs, run.status
+    facts = {"run": str(run.path), "status": st.get("status", "unknown (no status.json)"),
+             "epochs_done": len(e), "epochs_planned": run.planned, "monitor": run.monitor, "mode": run.mode,
+             "best": best_epoch(run), "error": st.get("error"), "warnings": warnings_for(run),
+             "missing": list(run.missing), "notes": list(run.notes)}
+    if len(e):
+        last = e.iloc[-1]
+        keys = ["train_loss", *[c for c in e.columns if c.startswith("val_")], "lr"]
+        facts["final"] = {"epoch": int(last["epoch"]), **{k: float(last[k]) for k in keys if k in e}}
+    if "epoch_time" in e and len(e):
+        t = e["epoch_time"]
+        facts["time"] = {"total_s": float(t.sum()), "mean_s": float(t.mean()), "min_s": float(t.min()),
+                         "max_s": float(t.max())}
+    if "gpu_mem_peak_gib" in e:
+        facts["gpu_mem_peak_gib"] = float(e["gpu_mem_peak_gib"].max())
+    facts["resumes"], last = _log_facts(run.path)
+    if facts["status"] == "RUNNING" and last:
+        facts["position"] = "epoch {}/{}, batch {}/{}".format(*last)
+    return facts
+
+
+def format_summary(f: dict) -> str:
+    done = f"{f['epochs_done']}/{f['epochs_planned']}" if f["epochs_planned"] else str(f["epochs_done"])
+    lines = [f"Run: {f['run']}", f"Status: {f['status']} - epochs done: {done}"
+             + (f" - now at {f['position']}" if f.get("position") else "")
+             + (f" - resumed {f['resumes']}x" if f.get("resumes") else "")]
+    if f.get("error"):
+        lines.append(f"Error: {f['error']}")
+    if f["best"]:
+        lines.append(f"Best {f['monitor']} ({f['mode']}): {f['best'][1]:.6g} at epoch {f['best'][0]}")
+    else:
+        lines.append(f"Best {f['monitor']} ({f['mode']}): no finite value yet")
+    if f.get("final"):
+        fin = dict(f["final"])
+        lines.append(f"Final (epoch {fin.pop('epoch')}): " + " - ".join(f"{k} {v:.6g}" for k, v in fin.items()))
+    if f.get("time"):
+        t = f["time"]
+        lines.append(f"Time: {t['total_s']:.1f} s in epochs, {t['mean_s']:.2f} s per epoch "
+                     f"(min {t['min_s']:.2f}, max {t['max_s']:.2f})")
+    if f.get("gpu_mem_peak_gib") is not None:
+        lines.append(f"Peak GPU memory: {f['gpu_mem_peak_gib']:.2f} GiB")
+    lines += [f"Note: {n}" for n in f["notes"]]
+    lines += [f"Missing: {m}" for m in f["missing"]]
+    lines += [f"Warning: {w}" for w in f["warnings"]]
+    return "\n".join(lines)
+
+
+# ---- sweeps -----------------------------------------------------------------------------
+def job_dirs(path: Path) -> list:
+    """The run directories directly under ``path``, in job order (numbers numerically)."""
+    jobs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and is_run(p)]
+    return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+
+
+def labels(runs: list) -> dict:
+    """Job name -> the overrides that differ between jobs (those shared by all say nothing)."""
+    shared = set.intersection(*(set(r.overrides) for r in runs)) if runs else set()
+    return {r.name: " ".join(o for o in r.overrides if o not in shared) or f"job {r.name}" for r in runs}
+
+
+def comparison(runs: list):
+    """The jobs as a table ranked by the monitored metric (most common across the jobs);
+    jobs without a finite value come last, unranked."""
+    import pandas as pd
+
+    monitor = pd.Series([r.monitor for r in runs]).mode()[0]
+    mode = next(r.mode for r in runs if r.monitor == monitor)
+    names = labels(runs)
+    rows = []
+    for r in runs:
+        r.monitor, r.mode = monitor, mode
+        best, e = best_epoch(r), r.epochs
+        row = {"job": r.name, "overrides": names[r.name], "status": r.status.get("status", "unknown"),
+               "epochs": len(e), f"best_{monitor}": best[1] if best else math.nan,
+               "best_epoch": best[0] if best else math.nan}
+        if len(e):
+            row.update({f"final_{c}": e[c].iloc[-1] for c in e.columns if c == "train_loss" or c.startswith("val_")})
+        row["time_s"] = float(e["epoch_time"].sum()) if "epoch_time" in e else math.nan
+        row["error"] = r.status.get("error") or ""
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    key = f"best_{monitor}"
+    table = table.sort_values(key, ascending=mode == "min", na_position="last", kind="stable")
+    ranks = table[key].notna().cumsum().where(table[key].notna())
+    table.insert(0, "rank", ranks.astype("Int64"))
+    table["best_epoch"] = table["best_epoch"].astype("Int64")
+    return table.reset_index(drop=True), monitor, mode
+
+
+def analyze_sweep(path: Path, batch_metrics: bool, window: int | None, out=print) -> dict:
+    from trainforge import plots
+
+    runs = [load_run(p, batch_metrics) for p in job_dirs(path)]
+    table, monitor, mode = comparison(runs)
+    table.to_csv(path / "comparison.csv", index=False)
+    figures = plots.sweep_figures(runs, labels(runs), batch_metrics, window)
+    files = plots.save(figures, path / "plots")
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 12, "display.max_colwidth", 40):
+        shown = table.drop(columns=["error"])
+        out(f"Sweep: {path} - {len(runs)} job(s), ranked by {monitor} ({mode})")
+        out(shown.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+    for _, row in table[table["status"].isin(["FAILED", "PREEMPTED", "RUNNING", "unknown"])].iterrows():
+        out(f"Job {row['job']} ({row['overrides']}): {row['status']}" + (f" - {row['error']}" if row["error"] else ""))
+    if (path / "multirun.yaml").exists() and not (path / "summary.csv").exists():
+        out("Note: no summary.csv (the sweep did not finish, or a job failed): jobs read from their directories")
+    out(f"Wrote {path / 'comparison.csv'} and {len(files)} plot(s) in {path / 'plots'}")
+    return {"table": table, "figures": figures, "files": files}
+
+
+def analyze_run(path: Path, batch_metrics: bool, window: int | None, out=print) -> dict:
+    from trainforge import plots
+
+    run = load_run(path, batch_metrics)
+    facts = summary(run)
+    figures = plots.run_figures(run, window)
+    files = plots.save(figures, path / "plots")
+    out(format_summary(facts))
+    out(f"Plots ({len(files)}) in {path / 'plots'}: " + ", ".join(f.name for f in files) if files
+        else "Plots: none (no epoch or batch rows yet)")
+    return {"summary": facts, "figures": figures, "files": files}
+
+
+def analyze(path, batch_metrics: bool = False, window: int | None = None, out=print) -> dict:
+    """Analyse a run or a sweep directory; raises AnalysisError for anything else."""
+    path = Path(path)
+    if not path.is_dir():
+        raise AnalysisError(f"{path}: no such directory")
+    if is_run(path):
+        return analyze_run(path, batch_metrics, window, out)
+    if job_dirs(path):
+        return analyze_sweep(path, batch_metrics, window, out)
+    sweeps = [p.name for p in sorted(path.iterdir()) if p.is_dir() and job_dirs(p)][:5]
+    hint = f"; it holds sweeps: {', '.join(sweeps)} (pass one of them)" if sweeps else ""
+    raise AnalysisError(f"{path}: holds no run (none of {', '.join(RUN_FILES)}) and no job directories{hint}")
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: want an integer >= 1")
+    return int(text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="analyze_training.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dir", help="a run directory or a sweep directory (multirun/DATE/TIME)")
+    parser.add_argument("--batch_metrics", "--batch-metrics", action="store_true",
+                        help="also plot batch_metrics.csv: batch loss with a rolling mean and the per-epoch spread")
+    parser.add_argument("--window", type=_positive, default=None,
+                        help="rolling-mean window in batches (default: a tenth of an epoch, at least 3)")
+    args = parser.parse_args(argv)
+    try:
+        analyze(args.dir, args.batch_metrics, args.window)
+    except AnalysisError as e:
+        print(f"analyze: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
