@@ -352,6 +352,9 @@ def validate(cfg) -> None:
     """Raise ConfigError naming the first key whose value is out of range or not allowed."""
     from omegaconf import OmegaConf
 
+    if cfg.model.get("freeze_encoder") and not cfg.model.get("init_weights"):
+        raise ConfigError("model.init_weights: not set, but model.freeze_encoder=true would freeze an untrained "
+                          "encoder; pass model.init_weights=PRETRAIN_RUN/best_model_weights.pt")
     for key, allowed in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
