@@ -148,10 +148,10 @@ def test_position_t_does_not_see_later_sets(seqfile):
     later["value"][row, t + 1:] += 5.0
     later["minute"][row, t + 1:] += 500.0
     with torch.no_grad():
-        mu, _, _, live = model.encode_sets(batch)
-        h_a = model.run_sequence(mu, live, batch["minute"])
-        mu_b, _, _, _ = model.encode_sets(later)
-        h_b = model.run_sequence(mu_b, live, later["minute"])
+        mu, _, _, _, index = model.encode_sets(batch)
+        h_a = model.run_sequence(mu, index, batch["set_mask"], batch["minute"])
+        mu_b = model.encode_sets(later)[0]
+        h_b = model.run_sequence(mu_b, index, batch["set_mask"], later["minute"])
         out_a, out_b = model(batch), model(later)
     assert torch.allclose(h_a[row, :t + 1], h_b[row, :t + 1], atol=1e-6)
     assert not torch.allclose(h_a[row, t + 1], h_b[row, t + 1], atol=1e-3)  # the change is seen from t+1 on

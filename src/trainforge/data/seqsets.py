@@ -6,6 +6,8 @@ A batch is ``(inputs, label)`` with ``inputs``:
 - ``var_id`` (B, S, N) long, ``value`` (B, S, N) float (normalised per variable);
 - ``event_mask`` (B, S, N) bool and ``set_mask`` (B, S) bool, **True = padding**;
 - ``minute`` (B, S): the minute of each set (of its first event);
+- ``set_index`` (L,): flat indices ``b * S + s`` of the L real sets (a model can gather
+  them without a device-to-host sync);
 - ``var_embedding`` (V, E): the file's fixed variable-embedding table, once per batch.
 
 S is the batch's largest number of sets, N its largest set. Sets are left-aligned (set 0
@@ -69,6 +71,7 @@ def set_batch(arrays: dict, lengths: torch.Tensor, embedding: torch.Tensor) -> d
         out[key] = torch.zeros(b, s_max, n_max, dtype=arrays[key].dtype)
         out[key][patient, s_idx, e_idx] = arrays[key]
     out["set_mask"] = torch.arange(s_max)[None, :] >= n_sets[:, None]
+    out["set_index"] = torch.nonzero(~out["set_mask"].flatten()).squeeze(1)  # so the model needs no sync
     out["minute"] = torch.zeros(b, s_max, dtype=torch.float32)
     out["minute"][patient[start_of], s_idx[start_of]] = arrays["minute"][start_of]
     out["var_embedding"] = embedding

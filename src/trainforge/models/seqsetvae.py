@@ -45,6 +45,13 @@ class ISAB(nn.Module):
         return self.scatter(x, h)
 
 
+def live_sets(batch: dict) -> torch.Tensor:
+    """Flat indices ``b * S + s`` of the real sets, (L,): the data layer's ``set_index``
+    when the batch has one (no device-to-host sync on a GPU), else from ``set_mask``."""
+    index = batch.get("set_index")
+    return index if index is not None else torch.nonzero(~batch["set_mask"].flatten()).squeeze(1)
+
+
 def time_features(minute: torch.Tensor, bands: int) -> torch.Tensor:
     """[..., 2 * bands + 1]: sin/cos of the minute at periods from 30 minutes to 2 weeks
     (log-spaced), and log1p of the gap to the previous set in hours (0 for the first)."""
@@ -104,46 +111,48 @@ class SeqSetVAE(nn.Module):
         return [{"params": body, "lr": lr}, {"params": head, "lr": lr * self.head_lr_scale}]
 
     def encode_sets(self, batch: dict):
-        """(mu, logvar, events, live): the posterior of every real set, the events as
-        [embedding, value] (B, S, N, E + 1) and the real-set mask (B, S)."""
-        event_mask = batch["event_mask"] | batch["set_mask"][..., None]
-        var_id = batch["var_id"].masked_fill(event_mask, 0)  # padding may hold anything
-        value = batch["value"].masked_fill(event_mask, 0.0)
-        events = torch.cat([batch["var_embedding"][var_id], value[..., None]], dim=-1)
-        live = ~batch["set_mask"]
-        e, v = events[live], value[live][..., None]  # every real set at once: [L, N, .]
-        x = self.token_var(e[..., :-1]) + v * self.token_value(e[..., :-1])
-        x, mask = x + self.token(x), event_mask[live]
+        """(mu, logvar, events, mask, index): the posterior of every real set (L, Z), its
+        events as [embedding, value] (L, N, E + 1) and their padding mask (L, N), and the
+        flat indices of the real sets (L,)."""
+        index = live_sets(batch)
+        n = batch["var_id"].shape[-1]
+        mask = (batch["event_mask"] | batch["set_mask"][..., None]).reshape(-1, n).index_select(0, index)
+        var_id = batch["var_id"].reshape(-1, n).index_select(0, index).masked_fill(mask, 0)  # padding: anything
+        value = batch["value"].reshape(-1, n).index_select(0, index).masked_fill(mask, 0.0)
+        e = batch["var_embedding"][var_id]  # every real set at once: [L, N, E]
+        x = self.token_var(e) + value[..., None] * self.token_value(e)
+        x = x + self.token(x)
         for block in self.encoder:
             x = block(x, mask)
         keep = (~mask)[..., None]
         pooled = torch.where(keep, x, 0.0).sum(1) / keep.sum(1).clamp_min(1)
         mu, logvar = self.latent(pooled).chunk(2, dim=-1)
-        return mu, logvar.clamp(-10.0, 10.0), events, live
+        return mu, logvar.clamp(-10.0, 10.0), torch.cat([e, value[..., None]], dim=-1), mask, index
 
-    def run_sequence(self, z: torch.Tensor, live: torch.Tensor, minute: torch.Tensor) -> torch.Tensor:
+    def run_sequence(self, z: torch.Tensor, index: torch.Tensor, set_mask: torch.Tensor,
+                     minute: torch.Tensor) -> torch.Tensor:
         """The causal transformer over each patient's sets: (B, S, D). Position t attends
         to positions <= t that are real; sets are left-aligned, so position 0 is real and
         no row is fully masked."""
-        b, s = live.shape
-        x = z.new_zeros(b, s, z.shape[-1])
-        x[live] = z
-        x = self.z_in(x) + self.time(time_features(minute.masked_fill(~live, 0.0), self.time_bands))
+        b, s = set_mask.shape
+        x = z.new_zeros(b * s, z.shape[-1]).index_copy(0, index, z).view(b, s, -1)
+        x = self.z_in(x) + self.time(time_features(minute.masked_fill(set_mask, 0.0), self.time_bands))
         causal = torch.ones(s, s, dtype=torch.bool, device=z.device).triu(1)
-        return self.sequence(x, mask=causal, src_key_padding_mask=~live)
+        return self.sequence(x, mask=causal, src_key_padding_mask=set_mask)
 
     def forward(self, batch: dict) -> dict:
-        mu, logvar, events, live = self.encode_sets(batch)
+        mu, logvar, target, target_mask, index = self.encode_sets(batch)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
-        h = self.run_sequence(z, live, batch["minute"])
-        h_live = h[live]  # [L, D]
+        live = ~batch["set_mask"]
+        h = self.run_sequence(z, index, batch["set_mask"], batch["minute"])
+        h_live = h.flatten(0, 1).index_select(0, index)  # [L, D]
         recon = self.decoder(h_live[:, None, :] + self.seeds[None])  # [L, K, E + 1]
         count = live.sum(1)
         mean_h = torch.where(live[..., None], h, 0.0).sum(1) / count.clamp_min(1)[:, None]
-        patient = torch.repeat_interleave(torch.arange(len(count), device=mu.device), count)
+        # output_size: the length is known on the host, so no device sync
+        patient = torch.repeat_interleave(torch.arange(len(count), device=mu.device), count, output_size=len(index))
         mean_mu = mu.new_zeros(len(count), mu.shape[-1]).index_add_(0, patient, mu) / count.clamp_min(1)[:, None]
         last = torch.cumsum(count, 0) - 1  # each patient's last real set, among the L
         feats = torch.cat([mean_h, h_live[last], mean_mu, mu[last], logvar[last]], dim=-1)
-        event_mask = batch["event_mask"] | batch["set_mask"][..., None]
         return {"logit": self.head(feats).squeeze(-1), "mu": mu, "logvar": logvar, "recon": recon,
-                "target": events[live], "target_mask": event_mask[live]}
+                "target": target, "target_mask": target_mask}
