@@ -12,9 +12,11 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from conftest import CHECKER, contract, write_h5
-from trainforge.data.seqset import make_seqset
+from trainforge.config import validate
+from trainforge.data.seqset import SeqSetData, make_seqset
 from trainforge.data.seqsets import SetSeqDataset
 from trainforge.engine.checkpoint import safe_load
+from trainforge.errors import ConfigError, DataError
 from trainforge.losses import ELBOLoss
 from trainforge.losses.elbo import beta_at
 from trainforge.metrics.binary import BinaryMetrics
@@ -71,16 +73,16 @@ def test_set_batches_match_a_plain_loop_and_keep_the_recent_end(seqfile):
     assert torch.equal(batch["var_embedding"], torch.from_numpy(a["var_embedding"]))
 
 
-def test_zero_or_missing_std_is_a_one_line_error(tmp_path, train):
+def test_zero_or_missing_std_is_a_one_line_error(tmp_path):
     arrays = make_seqset(30, 8, 4, 40)
     arrays["var_std"][3] = 0.0
     bad = write_h5(tmp_path / "bad.h5", **arrays)
     del arrays["var_std"]
     missing = write_h5(tmp_path / "missing.h5", **arrays)
     for path, named in ((bad, "variable 3"), (missing, "'var_std'")):
-        proc = train(*TINY, f"data.path={path}", check=False)
-        err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        assert proc.returncode == 2 and len(err) == 1 and named in err[0] and str(path) in err[0], proc.stderr
+        with pytest.raises(DataError) as err:
+            SeqSetData(path, tmp_path, 8, layout="sets").train_set()
+        assert named in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
 
 
 # ---- model ---------------------------------------------------------------------------
@@ -316,9 +318,13 @@ def test_finetune_warm_starts_freezes_the_encoder_and_scales_the_head_lr(train, 
     assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("head."))
     groups = safe_load(run / "latest_checkpoint.pth")["optimizer"]["param_groups"]
     assert groups[1]["initial_lr"] == pytest.approx(5.0 * groups[0]["initial_lr"])
-    proc = train(*TINY, "experiment=seqsetvae_finetune", check=False)
-    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 2 and len(err) == 1 and "model.init_weights" in err[0], proc.stderr
+
+
+
+def test_finetune_without_init_weights_is_refused_at_the_door(compose_cfg):
+    with pytest.raises(ConfigError, match="model.init_weights"):
+        validate(compose_cfg("experiment=seqsetvae_finetune"))
+    validate(compose_cfg("experiment=seqsetvae_finetune", "model.init_weights=w.pt"))
 
 
 def test_sweep_over_beta(train, tmp_path):
