@@ -10,24 +10,27 @@ from trainforge.build import build_model
 
 from conftest import CONF, SMALL
 
-GROUPS = ["model", "data", "loss", "optimizer", "scheduler", "log", "trainer", "checkpoint"]
+GROUPS = ["model", "data", "loss", "optimizer", "scheduler", "log", "trainer", "checkpoint", "collapse"]
 
 
 def options(group):
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-EXPERIMENTS = {"default": [], "digits": ["experiment=digits"], "seqset": ["experiment=seqset"]}
+EXPERIMENTS = {"default": [], "digits": ["experiment=digits"], "seqset": ["experiment=seqset"],
+               "seqsetvae": ["experiment=seqsetvae"]}
 
 
-QUICK = {"default": SMALL, "digits": ["trainer.epochs=2"], "seqset": ["data.num_patients=100", "trainer.epochs=2"]}
+QUICK = {"default": SMALL, "digits": ["trainer.epochs=2"], "seqset": ["data.num_patients=100", "trainer.epochs=2"],
+         "seqsetvae": ["data.num_patients=100", "trainer.epochs=2"],
+         "seqsetvae_finetune": ["data.num_patients=100", "model.init_weights=weights.pt"]}
 
 
 def natural(option):
     """The experiment an option belongs to (models, data and losses need matching partners),
     with overrides that keep it small."""
-    name = {"cnn": "digits", "digits": "digits", "ce": "digits", "seqencoder": "seqset", "seqset": "seqset"}.get(
-        option, "default")
+    name = {"cnn": "digits", "digits": "digits", "ce": "digits", "seqencoder": "seqset", "seqset": "seqset",
+            "seqsetvae": "seqsetvae", "elbo": "seqsetvae"}.get(option, "default")
     return [*EXPERIMENTS[name], *QUICK[name]]
 
 

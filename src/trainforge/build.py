@@ -81,8 +81,10 @@ def build_model(node, warm_start: bool) -> torch.nn.Module:
     model = instantiate(node)
     if init and warm_start:
         missing, unexpected = load_weights(model, init)
-        logging.getLogger(LOGGER).info("Warm start from %s: %d missing keys %s, %d unexpected keys %s", init,
-                                       len(missing), missing[:10], len(unexpected), unexpected[:10])
+        loaded = len(model.state_dict()) - len(missing)
+        logging.getLogger(LOGGER).info("Warm start from %s: loaded %d keys, %d missing keys %s, %d unexpected "
+                                       "keys %s", init, loaded, len(missing), missing[:10], len(unexpected),
+                                       unexpected[:10])
     return model
 
 
@@ -137,19 +139,36 @@ def build(cfg, run_dir, overrides=(), resuming=False) -> BaseTrainer:
     fused = {}
     if t.on_nonfinite == "skip" and "fused" in inspect.signature(make_optimizer.func).parameters:
         fused = {"fused": True}  # lets a non-finite window be skipped on the device, without a sync
-    optimizer = make_optimizer(model.parameters(), **fused)
+    # a model may give parameter groups (its own LR for a head, frozen parts left out)
+    params = model.param_groups(cfg.optimizer.lr) if hasattr(model, "param_groups") else model.parameters()
+    optimizer = make_optimizer(params, **fused)
     model = dist.wrap(model, device, t.sync_batchnorm)  # DDP at world size > 1
     steps_per_epoch = math.ceil(len(train_loader) / t.grad_accum)
     scheduler = instantiate(cfg.scheduler, _convert_="all")(optimizer, steps_per_epoch=steps_per_epoch,
                                                             epochs=t.epochs)
     precision = Precision(t.precision, device)
     metrics = data.metrics()
+    vae_hooks = []
+    if hasattr(loss_fn, "set_step"):  # a loss with a step-counted schedule (loss=elbo: beta)
+        from trainforge.engine.collapse import LossStepHook
+
+        vae_hooks.append(LossStepHook())
+    if cfg.collapse.enabled:
+        from trainforge.engine.collapse import CollapseHook
+        from trainforge.metrics import MetricGroup
+        from trainforge.metrics.latent import LatentStats
+
+        c = cfg.collapse
+        stats = LatentStats(c.threshold)
+        metrics = MetricGroup(metrics, stats)  # fed by EvalHook's pass: no second one
+        vae_hooks.append(CollapseHook(stats, run_dir, c.min_active_fraction, c.min_kl, c.patience, c.action))
 
     ck = cfg.checkpoint
     available = available_metrics(loss_fn, metrics)
     check_monitor("checkpoint.monitor", ck.monitor, available)
+    # EvalHook first (LossStepHook needs no order), CollapseHook between it and the logging hooks
     display, logs = logging_hooks(cfg.log, run_dir, device)
-    hooks = [*display, EvalHook(val_loader, metrics), *logs]
+    hooks = [*display, EvalHook(val_loader, metrics), *vae_hooks, *logs]
     if hasattr(scheduler, "observe"):
         check_monitor("scheduler.monitor", scheduler.monitor, available)
         hooks.append(PlateauHook())

@@ -55,6 +55,24 @@ class SeqEncoderConf(ModelConf):
     dropout: float = 0.0
 
 
+@dataclass
+class SeqSetVAEConf(ModelConf):
+    _target_: str = "trainforge.models.SeqSetVAE"
+    embed_dim: int = 32  # width of the data's variable-embedding table
+    dim: int = 32
+    latent_dim: int = 16
+    levels: int = 1  # ISAB blocks in the set encoder
+    inducing: int = 4
+    heads: int = 2
+    seq_layers: int = 1
+    seq_heads: int = 2
+    time_bands: int = 8
+    slots: int = 8  # events the decoder predicts per set
+    dropout: float = 0.0
+    freeze_encoder: bool = False  # fine-tuning: event tokens, set encoder and latent heads frozen
+    head_lr_scale: float = 1.0  # the classification head's LR = optimizer.lr * head_lr_scale
+
+
 # ---- data --------------------------------------------------------------------------
 @dataclass
 class DataConf:
@@ -99,6 +117,10 @@ class SeqSetConf(DataConf):
     max_length: int = 128
     max_sequence_length: Optional[int] = None  # truncate, keeping the most recent events
     bucket: bool = False  # group similar lengths into batches (less padding)
+    layout: str = "events"  # events: flat padded batches | sets: [batch, sets, events] batches
+    max_sets: Optional[int] = None  # layout=sets: keep each patient's most recent sets
+    mean_set_size: float = 4.0  # generator: average events per set
+    embed_dim: int = 32  # generator: width of the fixed variable-embedding table
 
 
 # ---- loss --------------------------------------------------------------------------
@@ -136,6 +158,20 @@ class HybridConf:
 class CEConf:
     _target_: str = "trainforge.losses.CELoss"
     label_smoothing: float = 0.0
+
+
+@dataclass
+class ELBOConf:
+    _target_: str = "trainforge.losses.ELBOLoss"
+    beta: float = 0.1  # the KL weight after warm-up (the peak of a cycle)
+    schedule: str = "linear"  # constant | linear | cyclical, counted in optimizer steps
+    warmup_steps: int = 0
+    cycle_steps: int = 1000
+    cycle_ratio: float = 0.5  # cyclical: fraction of a cycle spent rising
+    free_bits: float = 0.0  # nats per latent dimension (batch mean) below which KL is not pushed down
+    recon_weight: float = 1.0
+    cls_weight: float = 1.0
+    pos_weight: Optional[float] = None
 
 
 # ---- optimizer (partial: the parameters come at build time) ---------------------------
@@ -248,6 +284,16 @@ class CheckpointConf:
 
 
 @dataclass
+class CollapseConf:
+    enabled: bool = False  # needs a model whose output has mu and logvar (model=seqsetvae)
+    threshold: float = 0.01  # a unit is active when Var over the val set of E[z|x] exceeds this
+    min_active_fraction: float = 0.1  # low: fewer active units than this fraction of the latent dims
+    min_kl: float = 0.1  # ...or a raw KL (nats per set, summed over dims) below this
+    patience: int = 2  # warn after this many low validations in a row
+    action: str = "warn"  # warn | stop
+
+
+@dataclass
 class TrainConf:
     model: Any = MISSING
     data: Any = MISSING
@@ -257,6 +303,7 @@ class TrainConf:
     log: LogConf = field(default_factory=LogConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     checkpoint: CheckpointConf = field(default_factory=CheckpointConf)
+    collapse: CollapseConf = field(default_factory=CollapseConf)
     seed: int = 0
     name: str = "train"
     resume: Optional[str] = None
@@ -264,15 +311,17 @@ class TrainConf:
 
 
 SCHEMAS = {
-    "model": {"unet": UNetConf, "cnn": CNNConf, "seqencoder": SeqEncoderConf},
+    "model": {"unet": UNetConf, "cnn": CNNConf, "seqencoder": SeqEncoderConf, "seqsetvae": SeqSetVAEConf},
     "data": {"glint": GlintConf, "digits": DigitsConf, "seqset": SeqSetConf},
-    "loss": {"focal": FocalConf, "bce": BCEConf, "dice": DiceConf, "hybrid": HybridConf, "ce": CEConf},
+    "loss": {"focal": FocalConf, "bce": BCEConf, "dice": DiceConf, "hybrid": HybridConf, "ce": CEConf,
+             "elbo": ELBOConf},
     "optimizer": {"adamw": AdamWConf, "adam": AdamConf, "sgd": SGDConf},
     "scheduler": {"none": NoSchedConf, "cosine": CosineConf, "step": StepConf,
                   "multistep": MultiStepConf, "plateau": PlateauConf},
     "log": {"default": LogConf},
     "trainer": {"default": TrainerConf},
     "checkpoint": {"default": CheckpointConf},
+    "collapse": {"default": CollapseConf},
 }
 
 
@@ -291,11 +340,13 @@ _CHOICES = {
     "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
     "trainer.on_nonfinite": ("stop", "skip"),
     "checkpoint.mode": ("min", "max"),
+    "collapse.action": ("warn", "stop"),
 }
 _MIN = {
     "trainer.epochs": 1, "trainer.grad_accum": 1, "trainer.max_nonfinite": 1,
     "log.interval": 1, "checkpoint.save_freq": 0, "checkpoint.every_n_steps": 0,
     "checkpoint.keep_last_n": 0, "checkpoint.top_k": 0, "data.batch_size": 1, "data.num_workers": 0,
+    "collapse.patience": 1,
 }
 
 
@@ -315,6 +366,9 @@ def validate(cfg) -> None:
     """Raise ConfigError naming the first key whose value is out of range or not allowed."""
     from omegaconf import OmegaConf
 
+    if cfg.model.get("freeze_encoder") and not cfg.model.get("init_weights"):
+        raise ConfigError("model.init_weights: not set, but model.freeze_encoder=true would freeze an untrained "
+                          "encoder; pass model.init_weights=PRETRAIN_RUN/best_model_weights.pt")
     for key, allowed in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:

@@ -1,10 +1,15 @@
 """``data=seqset``: synthetic patient-event sequences stored as ragged HDF5 arrays.
 
-Per event: ``var_id`` (int32), ``value`` (float32), ``minute`` (float32, increasing within
-a patient) and ``set_id`` (int32: events measured together share one); all events of all
-patients are concatenated in flat arrays, and patient ``i`` owns events
-``offsets[i]:offsets[i+1]``. Per patient: ``label`` (float32, 0/1). Generated
-deterministically on first use, like the glint set.
+Per event: ``var_id`` (int32), ``value`` (float32, raw units), ``minute`` (float32,
+increasing within a patient) and ``set_id`` (int32: events measured together share one,
+consecutive within a patient); all events of all patients are concatenated in flat arrays,
+and patient ``i`` owns events ``offsets[i]:offsets[i+1]``. Per patient: ``label`` (float32,
+0/1). Per variable: ``var_mean``/``var_std`` (raw units; values are normalised with them
+on reading, a missing or zero std is a one-line error) and ``var_embedding`` (V, E).
+Generated deterministically on first use, like the glint set.
+
+``layout=events`` (this module) gives flat padded batches; ``layout=sets`` gives
+[batch, sets, events] batches (:mod:`trainforge.data.seqsets`).
 
 Batches are padded to their own longest sequence (:func:`pad_collate`);
 ``max_sequence_length`` truncates longer sequences keeping the **most recent** events
@@ -24,32 +29,73 @@ from trainforge.metrics import AccuracyMetric
 
 FIELDS = ("var_id", "value", "minute", "set_id")
 DTYPES = {"var_id": np.int64, "value": np.float32, "minute": np.float32, "set_id": np.int64}
+STATS = ("var_mean", "var_std")  # per variable, in raw units: values are normalised with them
 GENERATOR_SEED = 20261127
 
 
-def make_seqset(num_patients: int, num_variables: int, min_len: int, max_len: int, seed: int = GENERATOR_SEED):
-    """Ragged event arrays and labels. The label depends on a weighted sum of values by
-    variable (a few variables matter), so a set/sequence model can learn it."""
+def make_seqset(num_patients: int, num_variables: int, min_len: int, max_len: int, seed: int = GENERATOR_SEED,
+                mean_set_size: float = 4.0, embed_dim: int = 32, prevalence: float = 0.3):
+    """Ragged event arrays, per-variable statistics and an embedding table, and labels.
+
+    Each patient is a run of sets (events measured together: one ``set_id`` and one
+    ``minute``; about ``mean_set_size`` events each). A hidden severity
+    ``s(t) = s0 + slope * (t - 1/2)`` (t: time as a fraction of the stay) drives the values
+    of half of the variables (loading +-1, plus noise); the slope depends on the label
+    (up for 1, down for 0) while the level ``s0`` is wide, so a single value says little
+    and the label needs the trend over the sequence. Values are stored in raw units
+    (``value = var_mean + var_std * normalised``); ``var_embedding`` (V, ``embed_dim``) is a
+    fixed random table standing in for text embeddings of the variable names."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(min_len, max_len + 1, num_patients)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     total = int(offsets[-1])
+    patient = np.repeat(np.arange(num_patients), lengths)
+    first = np.zeros(total, bool)
+    first[offsets[:-1]] = True
+    new_set = first | (rng.random(total) < 1.0 / mean_set_size)
+    sets = np.cumsum(new_set)  # 1-based global set number
+    set_id = (sets - sets[offsets[:-1]][patient]).astype(np.int32)
+    gaps = np.where(new_set & ~first, rng.exponential(120.0, total), 0.0)
+    clock = np.cumsum(gaps)
+    minute = (clock - clock[offsets[:-1]][patient]).astype(np.float32)
+    span = np.maximum(minute[offsets[1:] - 1], 1.0)
+    t = minute / span[patient]
+    label = (rng.random(num_patients) < prevalence).astype(np.float32)
+    slope = np.where(label > 0, 2.0, -2.0) + 0.5 * rng.standard_normal(num_patients)
+    level = 1.2 * rng.standard_normal(num_patients)
+    severity = level[patient] + slope[patient] * (t - 0.5)
     var_id = rng.integers(0, num_variables, total).astype(np.int32)
-    value = rng.standard_normal(total).astype(np.float32)
-    weight = np.zeros(num_variables, np.float32)
-    weight[: max(2, num_variables // 4)] = rng.choice([-1.0, 1.0], max(2, num_variables // 4))
-    gaps = rng.exponential(30.0, total).astype(np.float32)
-    new_set = rng.random(total) < 0.4
-    minute = np.empty(total, np.float32)
-    set_id = np.empty(total, np.int32)
-    score = np.empty(num_patients, np.float32)
-    for i in range(num_patients):
-        a, b = offsets[i], offsets[i + 1]
-        minute[a:b] = np.cumsum(gaps[a:b] * new_set[a:b])
-        set_id[a:b] = np.cumsum(new_set[a:b]) - new_set[a]
-        score[i] = (weight[var_id[a:b]] * value[a:b]).sum() / np.sqrt(b - a)
-    label = (score > np.median(score)).astype(np.float32)
-    return {"var_id": var_id, "value": value, "minute": minute, "set_id": set_id, "offsets": offsets, "label": label}
+    loading = np.zeros(num_variables, np.float32)
+    half = max(1, num_variables // 2)
+    loading[:half] = rng.choice([-1.0, 1.0], half)
+    normalised = loading[var_id] * severity + 0.4 * rng.standard_normal(total)
+    var_mean = (10.0 ** rng.uniform(0, 2, num_variables)).astype(np.float32)
+    var_std = (var_mean * rng.uniform(0.05, 0.3, num_variables)).astype(np.float32)
+    value = (var_mean[var_id] + var_std[var_id] * normalised).astype(np.float32)
+    embedding = (rng.standard_normal((num_variables, embed_dim)) / np.sqrt(embed_dim)).astype(np.float32)
+    return {"var_id": var_id, "value": value, "minute": minute, "set_id": set_id, "offsets": offsets,
+            "label": label, "var_mean": var_mean, "var_std": var_std, "var_embedding": embedding}
+
+
+def read_stats(path) -> tuple:
+    """(var_mean, var_std) of a seqset file as float32 tensors; DataError naming the file
+    and the variable when one is missing, not finite or has a std <= 0."""
+    with h5py.File(path, "r") as f:
+        missing = [k for k in STATS if k not in f]
+        if missing:
+            raise DataError(f"{path}: no dataset {missing[0]!r}: seqset files need per-variable 'var_mean' and "
+                            "'var_std' (raw units, one entry per variable) to normalise values")
+        mean, std = (np.asarray(f[k][...], dtype=np.float32) for k in STATS)
+        top = int(f["var_id"][...].max(initial=-1)) if f["var_id"].shape[0] else -1
+    if mean.ndim != 1 or mean.shape != std.shape:
+        raise DataError(f"{path}: 'var_mean' {mean.shape} and 'var_std' {std.shape} must be (num_variables,)")
+    if top >= len(std):
+        raise DataError(f"{path}: 'var_id' reaches {top} but 'var_std' covers {len(std)} variables")
+    bad = np.flatnonzero(~np.isfinite(std) | (std <= 0) | ~np.isfinite(mean))
+    if len(bad):
+        raise DataError(f"{path}: variable {int(bad[0])} has var_mean={mean[bad[0]]}, var_std={std[bad[0]]}: "
+                        "every std must be finite and > 0")
+    return torch.from_numpy(mean), torch.from_numpy(std)
 
 
 class SeqDataset(Dataset):
@@ -61,6 +107,7 @@ class SeqDataset(Dataset):
 
     def __init__(self, path, start: int, stop: int, preload: bool, max_len=None, shared: bool = False):
         self.path, self.start, self.stop, self.max_len, self.shared = str(path), start, stop, max_len, shared
+        self.var_mean, self.var_std = read_stats(self.path)
         with h5py.File(self.path, "r") as f:
             self.offsets = np.asarray(f["offsets"][start:stop + 1], dtype=np.int64)
             self.labels = torch.from_numpy(np.asarray(f["label"][start:stop], dtype=np.float32))
@@ -98,7 +145,12 @@ class SeqDataset(Dataset):
             if self._file is None:
                 self._file = h5py.File(self.path, "r")
             events = {k: torch.from_numpy(np.asarray(self._file[k][a:b], dtype=DTYPES[k])) for k in FIELDS}
+        events["value"] = self.normalise(events["var_id"], events["value"])
         return events, self.labels[i]
+
+    def normalise(self, var_id: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Raw values to z-scores with the file's per-variable mean and std."""
+        return (value - self.var_mean[var_id]) / self.var_std[var_id]
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -124,23 +176,38 @@ def pad_collate(samples):
 
 
 class SeqSetData(DataSpec):
-    """Train/val sequence datasets, padding collate, optional length bucketing, accuracy."""
+    """Train/val sequence datasets and their batching, optional length bucketing, metrics.
+
+    ``layout=events``: flat padded batches (:func:`pad_collate`), accuracy.
+    ``layout=sets``: [batch, sets, events] batches built by vectorised indexing
+    (:class:`~trainforge.data.seqsets.SetSeqDataset`), AUROC/AUPRC/accuracy.
+    ``max_sets`` (sets layout) and ``max_sequence_length`` both keep the most recent end.
+    """
 
     collate_fn = staticmethod(pad_collate)
+    LAYOUTS = ("events", "sets")
 
     def __init__(self, path, cache_dir, batch_size, num_workers=0, pin_memory=False, preload=True, shuffle=True,
                  num_patients=2000, num_variables=16, min_length=8, max_length=128, max_sequence_length=None,
-                 val_fraction=0.2, bucket=False, shared_memory=False):
+                 val_fraction=0.2, bucket=False, shared_memory=False, layout="events", max_sets=None,
+                 mean_set_size=4.0, embed_dim=32):
         super().__init__(batch_size, num_workers, pin_memory, preload, shuffle, shared_memory, val_fraction)
-        if max_sequence_length is not None and max_sequence_length < 1:
-            raise DataError(f"data.max_sequence_length={max_sequence_length}: must be >= 1 (or null)")
-        self.max_sequence_length, self.bucket = max_sequence_length, bucket
+        for key, value in (("max_sequence_length", max_sequence_length), ("max_sets", max_sets)):
+            if value is not None and value < 1:
+                raise DataError(f"data.{key}={value}: must be >= 1 (or null)")
+        if layout not in self.LAYOUTS:
+            raise DataError(f"data.layout={layout}: allowed values are {', '.join(self.LAYOUTS)}")
+        if min_length < 1 or max_length < min_length or mean_set_size < 1:
+            raise DataError(f"data.min_length={min_length}, data.max_length={max_length}, data.mean_set_size="
+                            f"{mean_set_size}: need 1 <= min_length <= max_length and mean_set_size >= 1")
+        self.max_sequence_length, self.bucket, self.layout, self.max_sets = max_sequence_length, bucket, layout, max_sets
 
         def make(target):
-            arrays = make_seqset(num_patients, num_variables, min_length, max_length)
+            arrays = make_seqset(num_patients, num_variables, min_length, max_length, mean_set_size=mean_set_size,
+                                 embed_dim=embed_dim)
             atomic_h5(target, lambda f: [f.create_dataset(k, data=v) for k, v in arrays.items()])
 
-        name = f"seqset_{num_patients}_{num_variables}_{min_length}_{max_length}.h5"
+        name = f"seqset2_{num_patients}_{num_variables}_{min_length}_{max_length}_{mean_set_size:g}_{embed_dim}.h5"
         self.path = self.resolve(path, cache_dir, name, make)
         n = check_h5(self.path, ["label"], {"label": ()})
         events = check_h5(self.path, list(FIELDS), {k: () for k in FIELDS})
@@ -152,13 +219,28 @@ class SeqSetData(DataSpec):
                             f"(the number of events)")
         self.num_patients = n
         self.split = self.split_at(n)
+        if layout == "sets":
+            from trainforge.data.h5 import passthrough
+
+            self.collate_fn = passthrough  # SetSeqDataset.__getitems__ builds whole batches
+
+    def _dataset(self, start: int, stop: int):
+        if self.layout == "sets":
+            from trainforge.data.seqsets import SetSeqDataset
+
+            return SetSeqDataset(self.path, start, stop, self.preload, self.max_sequence_length, self.shared,
+                                 self.max_sets)
+        return SeqDataset(self.path, start, stop, self.preload, self.max_sequence_length, self.shared)
 
     def train_set(self):
-        return SeqDataset(self.path, 0, self.split, self.preload, self.max_sequence_length, self.shared)
+        return self._dataset(0, self.split)
 
     def val_set(self):
-        return SeqDataset(self.path, self.split, self.num_patients, self.preload, self.max_sequence_length,
-                          self.shared)
+        return self._dataset(self.split, self.num_patients)
 
     def metrics(self):
+        if self.layout == "sets":
+            from trainforge.metrics.binary import BinaryMetrics
+
+            return BinaryMetrics()
         return AccuracyMetric()

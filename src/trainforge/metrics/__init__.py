@@ -55,3 +55,22 @@ class AccuracyMetric:
 
     def compute(self) -> dict:
         return {"accuracy": self._correct.item() / self._total if self._total else 0.0}
+
+
+class MetricGroup:
+    """Several metrics fed by one validation loop, as one metric (names in order)."""
+
+    def __init__(self, *metrics):
+        self.metrics = metrics
+        self.names = tuple(n for m in metrics for n in m.names)
+
+    def reset(self) -> None:
+        for m in self.metrics:
+            m.reset()
+
+    def update(self, output, target) -> None:
+        for m in self.metrics:
+            m.update(output, target)
+
+    def compute(self) -> dict:
+        return {k: v for m in self.metrics for k, v in m.compute().items()}
