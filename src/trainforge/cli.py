@@ -84,7 +84,7 @@ def guarded(main) -> None:
             raise
         hint = "" if isinstance(exc, USER_ERRORS) else f" ({type(exc).__name__}; " \
             "HYDRA_FULL_ERROR=1 shows the traceback)"
-        kind = "stopped" if getattr(exc, "exit_code", None) else "error"
+        kind = "stopped" if getattr(exc, "exit_code", None) == 75 else "error"
         print(f"trainforge: {kind}: {one_line(exc)}{hint}", file=stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     finally:

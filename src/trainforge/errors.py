@@ -34,3 +34,15 @@ class Preempted(TrainforgeError):
 
     EXIT_CODE = 75
     exit_code = EXIT_CODE
+
+
+class SweepFailed(TrainforgeError):
+    """Some jobs of a sweep did not complete; the others did (see the sweep's summary.csv)."""
+
+    exit_code = 1
+
+
+class SweepStopped(TrainforgeError):
+    """Ctrl-C or SIGTERM stopped a sweep: its running jobs saved and stopped (exit 75, as Preempted)."""
+
+    exit_code = 75
