@@ -54,7 +54,7 @@ def table(rows: list, shown: dict) -> str:
 
     best = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("best_") and k != "best_epoch"]
     frame = pd.DataFrame([{"job": r["job"], "overrides": shown.get(r["job"], r["overrides"]), "status": r["status"],
-                           **{k: r.get(k) for k in best}, "epochs": r.get("epochs"), "run_dir": _rel(r["run_dir"])}
+                           **{k: r.get(k) for k in best}, "epochs": r.get("epochs"), "run_dir": relative(r["run_dir"])}
                           for r in rows])
     text = frame.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.6g}")
     errors = [f"  job {r['job']} {r['status']}: {r['error']}" + (f"\n    log: {r['log']}" if r["log"] else "")
@@ -62,7 +62,8 @@ def table(rows: list, shown: dict) -> str:
     return "\n".join([text, *errors])
 
 
-def _rel(path) -> str:
+def relative(path) -> str:
+    """``path`` relative to the working directory when it is under it (for printing)."""
     try:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:

@@ -54,8 +54,9 @@ def outcome(ret) -> dict:
     if ret.status == JobStatus.COMPLETED:
         value = ret._return_value
         return {"status": "COMPLETED", "value": value if isinstance(value, (int, float)) else None}
-    from trainforge.cli import one_line
+    from trainforge.cli import USER_ERRORS, one_line
 
     exc = ret._return_value
     code = getattr(exc, "exit_code", None)
-    return {"status": "PREEMPTED" if code == 75 else "FAILED", "error": one_line(exc), "exit_code": code}
+    error = one_line(exc) if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {one_line(exc)}"
+    return {"status": "PREEMPTED" if code == 75 else "FAILED", "error": error, "exit_code": code}

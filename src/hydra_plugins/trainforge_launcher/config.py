@@ -19,7 +19,7 @@ class LocalGpusConf:
     threads_per_job: Optional[int] = None  # trainer.threads for each job; null: cores / running jobs
     timeout_min: float = 10080  # a job is signalled, saved and requeued (resuming) after 7 days
     signal_delay_s: int = 120
-    max_num_timeout: int = 10  # requeues after a timeout before the job counts as failed
+    max_num_timeout: int = 5  # requeues after a timeout (submitit's local controller restarts a job 5 times at most)
     stop_grace_s: int = 120  # after Ctrl-C / SIGTERM: seconds jobs get to save before they are killed
 
 

@@ -143,8 +143,9 @@ class _SubmititLauncher(Launcher):
             record = status_of(e.run_dir) or {}
             e.status = "PREEMPTED" if record.get("status") == "PREEMPTED" else \
                 "CANCELLED" if self.stop_signal else "FAILED"
-            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-            e.error = record.get("error") or (lines[-1] if lines else type(exc).__name__)
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+            died = type(exc).__name__ == "UncompletedJobError"  # killed: its message starts with why
+            e.error = record.get("error") or (lines[0] if died else lines[-1])
         training_log = e.run_dir / "training.log"
         e.log = str(training_log if training_log.exists() and e.status == "FAILED" else e.job.paths.stdout)
         took = f" in {time.time() - e.started:.1f} s" if e.started else ""
@@ -218,8 +219,8 @@ class LocalGpusLauncher(_SubmititLauncher):
         executor = session_executor(p["submitit_folder"], p["max_num_timeout"])
         self.say(f"sweep: {len(todo)} job(s) -> {_rel(Path(str(self.config.hydra.sweep.dir)))}; "
                  f"{pool.describe(threads)}")
-        queue, running, stopping_since, nudged = deque(todo), [], None, 0.0
-        while queue or running:
+        queue, running = deque(todo), []
+        while running or (queue and not self.stop_signal):
             while queue and pool.free() and not self.stop_signal:
                 e = queue.popleft()
                 e.gpus = pool.take()
@@ -235,15 +236,21 @@ class LocalGpusLauncher(_SubmititLauncher):
                 pool.give_back(e.gpus)
                 self.finish(e)
             if self.stop_signal and running:
-                stopping_since = stopping_since or time.time()
-                if self.hard_stop or time.time() - stopping_since > p["stop_grace_s"]:
-                    for e in running:
-                        _kill_group(e.job)
-                elif time.time() - nudged > self.NUDGE_S:
-                    nudged = time.time()
-                    for e in running:
-                        _terminate(e.job)
+                self._stop(running)
             time.sleep(self.POLL_S)
+
+    def _stop(self, running: List[Entry]) -> None:
+        """SIGTERM every running job (again every NUDGE_S: one still starting up may
+        miss it); after ``stop_grace_s`` or a second signal, kill what is left."""
+        now = time.time()
+        self._stopping_since = getattr(self, "_stopping_since", None) or now
+        if self.hard_stop or now - self._stopping_since > self.params["stop_grace_s"]:
+            for e in running:
+                _kill_group(e.job)
+        elif now - getattr(self, "_nudged", 0.0) > self.NUDGE_S:
+            self._nudged = now
+            for e in running:
+                _terminate(e.job)
 
 
 class SlurmLauncher(_SubmititLauncher):
@@ -339,10 +346,9 @@ def _key(override: str) -> str:
 
 
 def _rel(path: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+    from trainforge.sweep import relative
+
+    return relative(path)
 
 
 def _best(run_dir: Path) -> str:
