@@ -258,6 +258,7 @@ def test_every_slurm_task_runs_the_same_job_and_only_rank_0_records_it(tmp_path,
 
     from hydra import initialize_config_dir
 
+    before = Singleton.get_state()  # the job sets Hydra's global state: put it back afterwards
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         from hydra.types import RunMode
@@ -269,8 +270,19 @@ def test_every_slurm_task_runs_the_same_job_and_only_rank_0_records_it(tmp_path,
                        task_function=task, config=config)
         entry = Entry(3, ["seed=1"], tmp_path / "3")
         job = launcher.job_for(entry, launcher.extra_overrides(entry, None, 2))
-        state = Singleton.get_state()
     job = cloudpickle.loads(cloudpickle.dumps(job))  # what submitit ships to every task
+    try:
+        run_ranks(job, tmp_path, monkeypatch)
+    finally:
+        Singleton.set_state(before)
+        GlobalHydra.instance().clear()
+    ranks = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert ranks == [[2, str(tmp_path / "3"), "1"], [2, str(tmp_path / "3"), "0"]]
+    assert "- trainer.devices=2" in (tmp_path / "3/.hydra/overrides.yaml").read_text()
+
+
+def run_ranks(job, tmp_path, monkeypatch):
+    """Run ``job`` as SLURM task 1, then task 0, of a 2-task job."""
     for rank in (1, 0):
         for key, value in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "77", "SLURM_NTASKS": "2",
                            "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0",
@@ -280,10 +292,6 @@ def test_every_slurm_task_runs_the_same_job_and_only_rank_0_records_it(tmp_path,
         assert out["status"] == "COMPLETED" and out["value"] == 0.5
         if rank == 1:
             assert not (tmp_path / "3" / ".hydra").exists()  # one record of the composition, by rank 0
-    Singleton.set_state(state)
-    ranks = [json.loads(line) for line in seen.read_text().splitlines()]
-    assert ranks == [[2, str(tmp_path / "3"), "1"], [2, str(tmp_path / "3"), "0"]]
-    assert "- trainer.devices=2" in (tmp_path / "3/.hydra/overrides.yaml").read_text()
 
 
 def _compose_hydra(*overrides):
