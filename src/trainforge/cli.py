@@ -102,7 +102,7 @@ def guarded(main) -> None:
             sys.exit(getattr(exc, "exit_code", 2))
         hint = "" if isinstance(exc, USER_ERRORS) else f" ({type(exc).__name__}; " \
             "HYDRA_FULL_ERROR=1 shows the traceback)"
-        kind = "stopped" if isinstance(exc, Preempted) else "error"
+        kind = "stopped" if getattr(exc, "exit_code", None) == Preempted.EXIT_CODE else "error"
         print(f"trainforge: {kind}: {one_line(exc)}{hint}", file=stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     finally:

@@ -40,3 +40,15 @@ class RankFailed(TrainforgeError):
     """One rank of a multi-process run raised or died; the others were stopped."""
 
     exit_code = 1
+
+
+class SweepFailed(TrainforgeError):
+    """Some jobs of a sweep did not complete; the others did (see the sweep's summary.csv)."""
+
+    exit_code = 1
+
+
+class SweepStopped(TrainforgeError):
+    """Ctrl-C or SIGTERM stopped a sweep: its running jobs saved and stopped (exit 75, as Preempted)."""
+
+    exit_code = 75

@@ -124,6 +124,8 @@ def run(cfg, run_dir=None, overrides=None):
             if owns_status:
                 write_status(run_dir, "FAILED", error=str(e), started=started, **_final(trainer))
         raise
+    except SystemExit:  # submitit requeueing the job: the next attempt writes the status
+        raise
     except BaseException as e:
         log.exception("training failed: %s", e)
         if owns_status and not delegated:
