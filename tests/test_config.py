@@ -155,13 +155,13 @@ def test_optimizer_option_passes_its_hyper_parameters_to_torch(compose_cfg, name
 BASE, SPE = 0.01, 8
 
 
-def _cosine(s):  # warmup round(0.25 * 8) = 2 steps, then cosine to 1e-4 at step 31
-    return BASE * (s + 1) / 2 if s < 2 else 1e-4 + (BASE - 1e-4) * (1 + math.cos(math.pi * (s - 2) / 29)) / 2
+def _cosine(s):  # warmup round(0.325 * 8) = round(2.6) = 3 steps, then cosine to 1e-4 at step 31
+    return BASE * (s + 1) / 3 if s < 3 else 1e-4 + (BASE - 1e-4) * (1 + math.cos(math.pi * (s - 3) / 28)) / 2
 
 
 SCHEDULES = {
     "none": ([], lambda s: BASE),
-    "cosine": (["scheduler.warmup_epochs=0.25", "scheduler.min_lr=1e-4"], _cosine),
+    "cosine": (["scheduler.warmup_epochs=0.325", "scheduler.min_lr=1e-4"], _cosine),
     "step": (["scheduler.step_size=0.3", "scheduler.gamma=0.5"], lambda s: BASE * 0.5 ** (s // 2)),  # round(2.4)
     "multistep": (["scheduler.milestones=[0.3,0.825]", "scheduler.gamma=0.1"],  # round(2.4) = 2, round(6.6) = 7
                   lambda s: BASE * 0.1 ** ((s >= 2) + (s >= 7))),
