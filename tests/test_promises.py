@@ -157,7 +157,7 @@ def test_precision_auto_on_this_gpu():
 
 
 # ---- skip: no update, but the schedule advances ----
-@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])  # fused (device-side skip) and plain
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])  # both get fused=True under skip: the device-side skip
 def test_skip_makes_no_update_and_the_schedule_still_advances(compose_cfg, tmp_path, optimizer):
     images, masks = make_glint(160, 32)
     images[5, 0, 3, 3] = np.nan

@@ -43,7 +43,6 @@ CATCHERS = {
     "fractional_epochs_floor": [f"{C}::test_scheduler_option_gives_its_lr_at_each_step",
                                 f"{P}::test_cosine_stretches_when_epochs_change_on_resume_and_warmup_rounds"],
     "skip_freezes_schedule": [f"{P}::test_skip_makes_no_update_and_the_schedule_still_advances"],
-    "skip_updates_anyway": [f"{P}::test_skip_makes_no_update_and_the_schedule_still_advances"],
     "auto_bf16_on_any_gpu": [f"{P}::test_precision_auto_picks_bf16_only_on_gpus_that_support_it"],
     "per_sample_reads": [f"{D}::test_training_loader_reads_each_batch_with_one_read_per_array"],
     "shm_key_ignores_content": [f"{D}::test_shared_copy_follows_the_file_content"],
