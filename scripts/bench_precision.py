@@ -1,7 +1,7 @@
 """GPU benchmark of the training step: fp32 vs bf16 vs fp16, trainer vs a hand-written loop,
 and an audit of host syncs in the step.
 
-    python scripts/bench_precision.py [--image-size 256] [--steps 50] [--out results.json]
+    python scripts/bench_precision.py [--image-size 256] [--steps 50] [--json docs/benchmarks/precision_h200.json]
 
 For each model size and precision it times ``steps`` optimizer steps (after a warm-up) of
 (a) ``BaseTrainer.run_step`` + its per-step hooks and (b) a plain PyTorch loop doing the
@@ -107,7 +107,8 @@ def main():
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--json", "--out", dest="json", default=None, metavar="PATH",
+                    help="also write the figures with the machine, command and date as JSON here")
     ap.add_argument("--num-samples", type=int, default=1280)
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test of this script only")
     args = ap.parse_args()
@@ -149,8 +150,10 @@ def main():
     for r in results["rows"]:
         print(f"{r['model']:32} {r['precision']:5} {r['trainer_ms']:10.2f} {r['raw_ms']:8.2f} "
               f"{r['trainer_over_raw']:6.3f} {r['speedup_vs_fp32']:7.2f} {r['syncs_in_20_steps']:8d}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
+    if args.json:
+        import benchjson
+
+        benchjson.write(args.json, results)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Memory of N concurrent processes reading one data set, with and without
 ``data.shared_memory=true``.
 
-    python scripts/bench_shared_memory.py [--procs 4] [--samples 12000] [--size 64]
+    python scripts/bench_shared_memory.py [--procs 4] [--samples 12000] [--size 64] [--json PATH]
 
 Writes a glint HDF5 file, then for each mode starts ``--procs`` processes that each build
 the train and val datasets as training would (``preload=true``, or ``shared_memory=true``)
@@ -9,7 +9,8 @@ and read every sample. While all of them hold the data, it sums their resident (
 proportional (PSS, shared pages split between the processes that map them) memory from
 ``/proc/<pid>/smaps_rollup``, minus each process's baseline before it loaded the data.
 Prints both totals as multiples of one in-memory copy of the arrays; all ratios come
-from this one run. Linux only.
+from this one run. Linux only. ``--json PATH`` also writes the figures with the machine,
+the command and the date (``docs/benchmarks/shared_memory_cpu.json`` is such a file).
 """
 from __future__ import annotations
 
@@ -92,6 +93,7 @@ def main():
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--samples", type=int, default=12000)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON here")
     args = ap.parse_args()
     from trainforge.data.glint import make_glint
     from trainforge.data.h5 import atomic_h5
@@ -115,6 +117,16 @@ def main():
         print(f"PSS ratio private/shared: {results[False]['pss'] / results[True]['pss']:.2f}x")
         leftover = sorted(p.name for p in Path(os.environ.get("TRAINFORGE_SHM_DIR", "/dev/shm")).glob("trainforge-*"))
         print(f"shared-memory files left after the last user exited: {leftover or 'none'}")
+    if args.json:
+        import benchjson
+
+        copies = {("shared" if k else "private"): {"rss_copies": round(v["rss"] / one_copy, 2),
+                                                   "pss_copies": round(v["pss"] / one_copy, 2),
+                                                   "pss_mib": round(v["pss"] / 2 ** 20, 1)} for k, v in results.items()}
+        benchjson.write(args.json, {"procs": args.procs, "samples": args.samples, "image_size": args.size,
+                                    "one_copy_mib": round(one_copy / 2 ** 20, 1), **copies,
+                                    "pss_private_over_shared": round(results[False]["pss"] / results[True]["pss"], 2),
+                                    "leftover_files": leftover})
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-CHECKER = ROOT.parent / "shared" / "checks" / "run_dir_contract.py"
 # small and quick: what every test run trains unless it says otherwise
 SMALL = ["data.num_samples=160", "data.image_size=32", "data.batch_size=16", "trainer.epochs=2",
          "log.progress=false"]
@@ -58,12 +57,10 @@ def compose_cfg(data_dir, monkeypatch):
 
 
 def contract(run_dir, batch_metrics=False) -> list:
-    """Shortfalls of a run directory against DESIGN.md (via shared/checks)."""
-    if not CHECKER.exists():
-        pytest.skip(f"{CHECKER} not present")
-    args = [sys.executable, str(CHECKER), str(run_dir)] + (["--batch-metrics"] if batch_metrics else [])
-    proc = subprocess.run(args, capture_output=True, text=True)
-    return [] if proc.returncode == 0 else proc.stdout.strip().splitlines()
+    """Shortfalls of a run directory against DESIGN.md sections 3-5 (tests/contract.py)."""
+    from contract import shortfalls
+
+    return shortfalls(run_dir, batch_metrics)
 
 
 def write_h5(path, **arrays) -> Path:

@@ -10,13 +10,17 @@ from trainforge.errors import ConfigError
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_precision(mode: str, device: torch.device) -> str:
-    """auto: bf16 on a CUDA GPU that supports it, fp32 otherwise."""
+def resolve_precision(mode: str, device: torch.device, bf16_supported: bool | None = None) -> str:
+    """auto: bf16 on a CUDA GPU that supports it, fp32 otherwise (the CPU included).
+
+    ``bf16_supported`` is the GPU's capability; None asks torch (only for a CUDA device)."""
     if mode != "auto":
         return mode
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
+    if device.type != "cuda":
+        return "fp32"
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_bf16_supported()
+    return "bf16" if bf16_supported else "fp32"
 
 
 class Precision:

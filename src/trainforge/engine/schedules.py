@@ -13,9 +13,22 @@ import math
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 
+class StepSchedule(LambdaLR):
+    """LambdaLR whose restored state follows this run's curve: after a resume that changed
+    the curve (``trainer.epochs`` with cosine), the next update uses the new curve's LR
+    for the restored step, not the LR the checkpoint's optimizer had stored."""
+
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)
+        lrs = [base * fn(self.last_epoch) for base, fn in zip(self.base_lrs, self.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self._last_lr = lrs
+
+
 def constant(optimizer, steps_per_epoch: int, epochs: int) -> LambdaLR:
     """factor(s) = 1."""
-    return LambdaLR(optimizer, lambda s: 1.0)
+    return StepSchedule(optimizer, lambda s: 1.0)
 
 
 def cosine(optimizer, steps_per_epoch: int, epochs: int, warmup_epochs: float = 0.0, min_lr: float = 0.0) -> LambdaLR:
@@ -36,19 +49,19 @@ def cosine(optimizer, steps_per_epoch: int, epochs: int, warmup_epochs: float = 
             return (min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * p))) / base_lr
         return factor
 
-    return LambdaLR(optimizer, [factor_for(b) for b in base])
+    return StepSchedule(optimizer, [factor_for(b) for b in base])
 
 
 def step(optimizer, steps_per_epoch: int, epochs: int, step_size: float = 10.0, gamma: float = 0.1) -> LambdaLR:
     """factor(s) = gamma ** floor(s / round(step_size * steps_per_epoch))."""
     size = max(1, round(step_size * steps_per_epoch))
-    return LambdaLR(optimizer, lambda s: gamma ** (s // size))
+    return StepSchedule(optimizer, lambda s: gamma ** (s // size))
 
 
 def multistep(optimizer, steps_per_epoch: int, epochs: int, milestones=(30.0, 60.0), gamma: float = 0.1) -> LambdaLR:
     """factor(s) = gamma ** (number of milestones m with s >= round(m * steps_per_epoch))."""
     marks = sorted(round(m * steps_per_epoch) for m in milestones)
-    return LambdaLR(optimizer, lambda s: gamma ** sum(s >= m for m in marks))
+    return StepSchedule(optimizer, lambda s: gamma ** sum(s >= m for m in marks))
 
 
 class Plateau:

@@ -1,0 +1,82 @@
+"""Break one promise at a time and check that the test meant to catch it fails.
+
+    python scripts/mutations/run.py [NAME ...]      # default: every mutation below
+
+Each ``NAME.patch`` here changes ``src/`` in one place (a README promise broken on
+purpose). For each, the script copies ``src/`` to a temp folder, applies the patch there
+(the checkout is never touched), and runs only the tests listed for it with
+``PYTHONPATH`` pointing at the copy (the ``train.py`` subprocesses inherit it). A
+mutation is *caught* when those tests fail. Not part of the default test run; the
+patches are made against the code of issue 14 and may need refreshing after refactors
+(a patch that no longer applies is reported as such, not as caught).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+P, D, C = "tests/test_promises.py", "tests/test_data_promises.py", "tests/test_config.py"
+L = "tests/test_losses_metrics.py"
+
+# mutation -> the tests that must fail with it
+CATCHERS = {
+    "rng_restore_skipped": [f"{P}::test_resume_restores_the_global_rng_that_dropout_draws_from"],
+    "retention_before_save": [f"{P}::test_a_save_that_fails_deletes_no_older_checkpoint"],
+    "nonfinite_guard_always_saves": [f"{P}::test_nan_mid_epoch_with_a_checkpoint_every_step_keeps_the_last_good_one"],
+    "fp16_no_unscale_before_clip": [f"{P}::test_fp16_gradients_are_unscaled_before_clipping"],
+    "autocast_disabled": [f"{P}::test_autocast_runs_the_model_in_the_chosen_dtype"],
+    "drift_model_allowed": [f"{P}::test_drift_in_model_optimizer_devices_or_accumulation_is_refused"],
+    "drift_optimizer_type_allowed": [f"{P}::test_drift_in_model_optimizer_devices_or_accumulation_is_refused"],
+    "drift_devices_allowed": [f"{P}::test_drift_in_model_optimizer_devices_or_accumulation_is_refused"],
+    "drift_grad_accum_allowed": [f"{P}::test_drift_in_model_optimizer_devices_or_accumulation_is_refused"],
+    "sigint_not_handled": [f"{P}::test_sigint_and_sigusr1_save_and_exit_75"],
+    "second_signal_caught": [f"{P}::test_a_second_signal_of_the_same_kind_is_not_caught"],
+    "no_fallback_to_best": [f"{P}::test_resume_falls_back_to_best_model_when_the_others_are_invalid"],
+    "cosine_not_stretched": [f"{P}::test_cosine_stretches_when_epochs_change_on_resume_and_warmup_rounds"],
+    "fractional_epochs_floor": [f"{C}::test_scheduler_option_gives_its_lr_at_each_step",
+                                f"{P}::test_cosine_stretches_when_epochs_change_on_resume_and_warmup_rounds"],
+    "skip_freezes_schedule": [f"{P}::test_skip_makes_no_update_and_the_schedule_still_advances"],
+    "auto_bf16_on_any_gpu": [f"{P}::test_precision_auto_picks_bf16_only_on_gpus_that_support_it"],
+    "per_sample_reads": [f"{D}::test_training_loader_reads_each_batch_with_one_read_per_array"],
+    "shm_key_ignores_content": [f"{D}::test_shared_copy_follows_the_file_content"],
+    "focal_alpha_swapped": [f"{L}::test_focal_loss_matches_the_published_formula", f"{C}::test_loss_option_gives_its_value_on_a_fixed_input"],
+    "dice_metric_wrong": [f"{L}::test_dice_and_iou_equal_sklearn_f1_and_jaccard_over_batches"],
+    "accuracy_last_batch_only": [f"{L}::test_accuracy_equals_sklearn_for_class_and_binary_logits"],
+}
+
+
+def run_one(name: str, tests: list) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(ROOT / "src", Path(tmp) / "src")
+        applied = subprocess.run(["patch", "-p1", "-s", "-d", tmp, "-i", str(HERE / f"{name}.patch")],
+                                 capture_output=True, text=True)
+        if applied.returncode:
+            return f"patch does not apply ({applied.stdout.strip() or applied.stderr.strip()})"
+        env = dict(os.environ, PYTHONPATH=str(Path(tmp) / "src"))
+        start = time.time()
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                              cwd=ROOT, env=env, capture_output=True, text=True)
+        failed = [ln.split(" - ")[0] for ln in proc.stdout.splitlines() if ln.startswith("FAILED")]
+        took = f"{time.time() - start:.0f}s"
+        return f"caught by {', '.join(failed)} ({took})" if proc.returncode else f"NOT CAUGHT ({took})"
+
+
+def main() -> int:
+    names = sys.argv[1:] or list(CATCHERS)
+    missed = 0
+    for name in names:
+        verdict = run_one(name, CATCHERS[name])
+        missed += not verdict.startswith("caught")
+        print(f"{name:32} {verdict}", flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
