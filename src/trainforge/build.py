@@ -1,10 +1,12 @@
 """cfg -> objects, in one visible order. The only caller of ``hydra.utils.instantiate``."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
 import os
+import re
 
 import torch
 from hydra.errors import InstantiationException
@@ -23,14 +25,40 @@ from trainforge.engine.trainer import BaseTrainer
 from trainforge.errors import ConfigError, TrainforgeError
 
 
-def instantiate(node, **kwargs):
-    """hydra's instantiate, letting a constructor's own user error through unwrapped."""
-    try:
+def instantiate(node, group: str | None = None, **kwargs):
+    """hydra's instantiate; a constructor's error becomes a one-line ConfigError naming
+    ``group`` (default: the node's key) and its key where the message names one (:func:`blame`)."""
+    if group is None:
+        group = node._key() if OmegaConf.is_config(node) and node._key() else "config"
+    with blame(group, node):
         return hydra_instantiate(node, **kwargs)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, TrainforgeError):
-            raise e.__cause__ from None
-        raise
+
+
+@contextlib.contextmanager
+def blame(group: str, node):
+    """Turn an error raised by ``group``'s constructor (torch's optimizers, models, data)
+    into ``group.key=value: message`` when the message names one of the node's keys,
+    else ``group=<target>: message``. trainforge's own user errors pass unchanged."""
+    try:
+        yield
+    except (InstantiationException, TypeError, ValueError, AssertionError) as e:
+        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ is not None else e
+        if isinstance(cause, TrainforgeError):
+            raise cause from None
+        raise constructor_error(group, node, cause) from e
+
+
+def constructor_error(group: str, node, exc: BaseException) -> ConfigError:
+    items = node if isinstance(node, dict) else OmegaConf.to_container(node, resolve=True)
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, InstantiationException):  # hydra's own (e.g. a _target_ it cannot import)
+        text = " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip() and "full_key" not in ln)
+    named = [k for k in sorted(items, key=len, reverse=True)
+             if not k.startswith("_") and re.search(rf"\b{re.escape(k)}\b", text)]
+    if named:
+        value = items[named[0]]
+        return ConfigError(f"{group}.{named[0]}={value}: {text} (raised by {items.get('_target_')})")
+    return ConfigError(f"{group}={items.get('_target_')}: {text}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,7 +100,7 @@ def build_model(node, warm_start: bool) -> torch.nn.Module:
     """The model of ``node``; ``init_weights`` (a weights file) is loaded if ``warm_start``."""
     node = OmegaConf.to_container(node, resolve=True)
     init = node.pop("init_weights", None)
-    model = instantiate(node)
+    model = instantiate(node, "model")
     if init and warm_start:
         missing, unexpected = load_weights(model, init)
         logging.getLogger(LOGGER).info("Warm start from %s: %d missing keys %s, %d unexpected keys %s", init,
@@ -89,7 +117,7 @@ def build(cfg, run_dir, overrides=(), resuming=False) -> BaseTrainer:
     device = resolve_device(t.device)
     seed_everything(cfg.seed)
 
-    data = instantiate(cfg.data)
+    data = instantiate(cfg.data, "data")
     train_set, val_set = data.train_set(), data.val_set()
     lengths = train_set.lengths() if data.bucket else None
     sampler = EpochSampler(len(train_set), seed=cfg.seed, shuffle=data.shuffle, rank=dist.rank(),
@@ -102,15 +130,17 @@ def build(cfg, run_dir, overrides=(), resuming=False) -> BaseTrainer:
     val_loader = DataLoader(val_set, shuffle=False, **loader_args)
 
     model = build_model(cfg.model, warm_start=not resuming).to(device)
-    loss_fn = instantiate(cfg.loss).to(device)
-    make_optimizer = instantiate(cfg.optimizer, _convert_="all")
+    loss_fn = instantiate(cfg.loss, "loss").to(device)
+    make_optimizer = instantiate(cfg.optimizer, "optimizer", _convert_="all")
     fused = {}
     if t.on_nonfinite == "skip" and "fused" in inspect.signature(make_optimizer.func).parameters:
         fused = {"fused": True}  # lets a non-finite window be skipped on the device, without a sync
-    optimizer = make_optimizer(model.parameters(), **fused)
+    with blame("optimizer", cfg.optimizer):
+        optimizer = make_optimizer(model.parameters(), **fused)
     steps_per_epoch = math.ceil(len(train_loader) / t.grad_accum)
-    scheduler = instantiate(cfg.scheduler, _convert_="all")(optimizer, steps_per_epoch=steps_per_epoch,
-                                                            epochs=t.epochs)
+    with blame("scheduler", cfg.scheduler):
+        scheduler = instantiate(cfg.scheduler, "scheduler", _convert_="all")(
+            optimizer, steps_per_epoch=steps_per_epoch, epochs=t.epochs)
     precision = Precision(t.precision, device)
     metrics = data.metrics()
 

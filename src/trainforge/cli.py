@@ -1,6 +1,7 @@
 """Command-line glue: the run-directory resolver and one-line errors for ``train.py``."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -49,7 +50,7 @@ def one_line(exc: BaseException) -> str:
         key = getattr(err, "full_key", None)
         msg = getattr(err, "msg", None)
         if key and msg:
-            return f"{key}: {msg.splitlines()[0]}"
+            return f"{key}: {msg.splitlines()[0]}{_did_you_mean(err, key)}"
     text = str(exc)
     missing = re.search(r"Could not find '([^']+)'", text)
     if missing:
@@ -63,11 +64,29 @@ def one_line(exc: BaseException) -> str:
     return " ".join(lines[:2]) if lines else type(exc).__name__
 
 
+def _did_you_mean(err, full_key: str) -> str:
+    """For an unknown key of a schema-typed node: the closest key a schema declares."""
+    from trainforge.config import SCHEMAS
+    from trainforge.rules import closest
+
+    kind = getattr(err, "object_type", None)
+    if not (dataclasses.is_dataclass(kind) and str(getattr(err, "msg", "")).startswith("Key '")):
+        return ""
+    parent, _, _ = str(full_key).rpartition(".")
+    known = [f"{parent + '.' if parent else ''}{f.name}" for f in dataclasses.fields(kind)]
+    if not parent:  # the root: a key may have lost its group
+        known += [f"{g}.{f.name}" for g, opts in SCHEMAS.items() for node in opts.values()
+                  for f in dataclasses.fields(node)]
+    close = closest(str(full_key), known)
+    return f"; did you mean {close}?" if close else ""
+
+
 def guarded(main) -> None:
     """Run a ``@hydra.main`` function; print user errors as one line and exit 2.
 
-    Unexpected errors also print one line (their traceback is in ``training.log``) unless
-    the user set ``HYDRA_FULL_ERROR=1``, which shows every traceback as Hydra does.
+    Unexpected errors (crashes) print one line saying where their traceback is (the run's
+    ``training.log``) and exit 1, unless the user set ``HYDRA_FULL_ERROR=1``, which shows
+    every traceback as Hydra does.
     """
     full = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's printer
@@ -82,10 +101,13 @@ def guarded(main) -> None:
     except Exception as exc:  # noqa: BLE001 - the point is to catch everything at the door
         if full:
             raise
-        hint = "" if isinstance(exc, USER_ERRORS) else f" ({type(exc).__name__}; " \
-            "HYDRA_FULL_ERROR=1 shows the traceback)"
+        if not isinstance(exc, USER_ERRORS):  # a crash: say what and where its traceback is
+            where = getattr(exc, "training_log", None)
+            hint = f"traceback in {where}" if where else "HYDRA_FULL_ERROR=1 shows the traceback"
+            print(f"trainforge: crashed: {type(exc).__name__}: {one_line(exc)} ({hint})", file=stderr)
+            sys.exit(1)
         kind = "stopped" if getattr(exc, "exit_code", None) else "error"
-        print(f"trainforge: {kind}: {one_line(exc)}{hint}", file=stderr)
+        print(f"trainforge: {kind}: {one_line(exc)}", file=stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     finally:
         sys.stderr = stderr

@@ -1,6 +1,7 @@
 """``run(cfg)``: validate, build, fit, write the run's status. Importable by tests."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -11,9 +12,10 @@ from omegaconf import OmegaConf
 
 from trainforge.config import validate
 from trainforge.engine import distributed as dist
-from trainforge.engine.checkpoint import atomic_json
+from trainforge.engine.checkpoint import atomic_json, atomic_write
 from trainforge.engine.logging import LOGGER, setup_logging
-from trainforge.errors import ConfigError, Preempted, TrainforgeError
+from trainforge.errors import ConfigError, Preempted, TrainforgeError, WriteError
+from trainforge.rundir import RunLock, holds_run
 
 STATUS = "status.json"
 
@@ -31,9 +33,24 @@ def write_status(run_dir: Path, status: str, **fields) -> None:
     atomic_json(record, run_dir / STATUS)
 
 
+def write_final_status(run_dir: Path, status: str, **fields) -> None:
+    """The failure record, also on a full disk: if the atomic write finds no room, the
+    old status.json is overwritten in place (its own blocks suffice); if that fails too,
+    the one-line error on stderr is all there is."""
+    try:
+        write_status(run_dir, status, **fields)
+    except WriteError:
+        try:
+            with open(run_dir / STATUS, "r+b") as f:
+                f.truncate(0)
+                f.write(json.dumps({"status": status, **fields}, default=str).encode())
+        except OSError:
+            pass
+
+
 def check_fresh(run_dir: Path, resume) -> None:
     """Never train over another run: a directory that already holds one needs resume."""
-    if resume is None and ((run_dir / STATUS).exists() or (run_dir / "training.log").exists()):
+    if resume is None and holds_run(run_dir):
         raise ConfigError(f"hydra.run.dir={run_dir}: already holds a run; pass resume={run_dir} "
                           "to continue it, or choose another directory")
 
@@ -48,11 +65,22 @@ def task_overrides() -> list:
 def run(cfg, run_dir=None, overrides=None):
     """Train ``cfg`` in ``run_dir`` (default: Hydra's output dir). ``overrides`` are the
     command line's (default: Hydra's), kept in checkpoints so a resume can recompose the
-    same config. Returns the best value of ``checkpoint.monitor`` (for sweepers)."""
+    same config. Returns the best value of ``checkpoint.monitor`` (for sweepers).
+
+    A config the schemas refuse raises before anything is written; the run directory is
+    held by one process at a time (RunLock) for the whole run."""
+    validate(cfg)
     run_dir = Path(run_dir) if run_dir is not None else output_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.resume is None and os.environ.get("SUBMITIT_FOLDER") and (run_dir / STATUS).exists():
         cfg.resume = "auto"  # a requeued submitit job (any launcher) continues its own run
+    if not dist.is_main():  # DDP ranks > 0 train into the directory rank 0 holds
+        return _run(cfg, run_dir, overrides)
+    with RunLock(run_dir, "resume" if cfg.resume else "hydra.run.dir"):
+        return _run(cfg, run_dir, overrides)
+
+
+def _run(cfg, run_dir: Path, overrides):
     check_fresh(run_dir, cfg.resume)
     log = setup_logging(run_dir, dist.is_main())
     started = time.time()
@@ -61,7 +89,6 @@ def run(cfg, run_dir=None, overrides=None):
         write_status(run_dir, "RUNNING", started=started)
     trainer = None
     try:
-        validate(cfg)
         from trainforge import resume  # torch-heavy imports stay out of config errors
         from trainforge.build import build
 
@@ -74,7 +101,7 @@ def run(cfg, run_dir=None, overrides=None):
             overrides = resume.merged_overrides(ckpt.get("overrides", []), overrides)
         owns_status = True
         write_status(run_dir, "RUNNING", started=started)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True).encode()))
         log.info("Run directory: %s", run_dir)
         trainer = build(cfg, run_dir, overrides, resuming=ckpt is not None)
         if ckpt is not None:
@@ -96,16 +123,20 @@ def run(cfg, run_dir=None, overrides=None):
         write_status(run_dir, "PREEMPTED", error=str(e), started=started, exit_code=e.exit_code, **_final(trainer))
         _preemption(trainer).hand_on()
         raise
-    except TrainforgeError as e:
-        log.error("%s", e, extra={"console": False})  # the CLI prints it once, on stderr
-        if owns_status:
-            write_status(run_dir, "FAILED", error=str(e), started=started, **_final(trainer))
-        raise
     except BaseException as e:
-        log.exception("training failed: %s", e)
+        error = _as_user_error(e, run_dir, trainer)
+        if error is None:  # a crash: its traceback goes to training.log, stderr says where
+            log.exception("training failed: %s", e)
+            e.training_log = str(run_dir / "training.log")
+            error = e
+        else:
+            log.error("%s", error, extra={"console": False})  # the CLI prints it once, on stderr
         if owns_status:
-            write_status(run_dir, "FAILED", error=f"{type(e).__name__}: {e}", started=started, **_final(trainer))
-        raise
+            text = str(error) if error is not e or isinstance(e, TrainforgeError) else f"{type(e).__name__}: {e}"
+            write_final_status(run_dir, "FAILED", error=text, started=started, **_final(trainer))
+        if error is e:
+            raise
+        raise error from None
     finally:
         for handler in logging.getLogger(LOGGER).handlers:
             handler.flush()
@@ -113,6 +144,27 @@ def run(cfg, run_dir=None, overrides=None):
     write_status(run_dir, "COMPLETED", started=started, finished=time.time(), **_final(trainer))
     log.info("Done in %.1fs. Best %s: %s (epoch %s)", time.time() - started, best["monitor"], best["value"], best["epoch"])
     return best["value"]
+
+
+def _as_user_error(e: BaseException, run_dir: Path, trainer):
+    """``e`` as the user error to report (a write fault gets the last good checkpoint),
+    or None for a crash."""
+    if isinstance(e, OSError) and e.filename:  # a write outside atomic_write (retention, mkdir)
+        e = WriteError(e.filename, e)
+    if isinstance(e, WriteError):
+        e.last_good, e.run_dir = _last_good(trainer, run_dir), run_dir
+    return e if isinstance(e, TrainforgeError) else None
+
+
+def _last_good(trainer, run_dir: Path) -> str:
+    from trainforge.engine.checkpoint import LATEST, load_checkpoint
+
+    path = run_dir / LATEST
+    try:
+        load_checkpoint(path)
+    except TrainforgeError:
+        return "none"
+    return str(path)
 
 
 def _checkpointer(trainer):
