@@ -1,6 +1,13 @@
-"""Every option of every group composes from the real conf/ and instantiates; bad input
-fails at the door with one line."""
+"""Every option of every group that ``train.py --help`` lists composes from the real conf/
+and instantiates; bad input fails at the door with one line."""
 from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,13 +15,37 @@ from hydra.utils import instantiate
 
 from trainforge.build import build_model
 
-from conftest import CONF, SMALL
+from conftest import CONF, ROOT, SMALL
 
 GROUPS = ["model", "data", "loss", "optimizer", "scheduler", "log", "trainer", "checkpoint"]
 
 
+def help_text() -> str:
+    env = dict(os.environ, TRAINFORGE_DATA_DIR=str(Path(tempfile.gettempdir()) / "trainforge-help"))
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True,
+                          env=env, timeout=300, check=True).stdout
+
+
+HELP = help_text()  # once per session: the options below are the ones --help lists
+
+
+def listed(text: str) -> dict:
+    """The ``group: a, b`` lines of --help's group section."""
+    section = text.split("== Config groups", 1)[1].split("\n\n", 1)[0]
+    return {m[1]: m[2].split(", ") for m in re.finditer(r"^(\w+): (.+)$", section, re.M)}
+
+
 def options(group):
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    return listed(HELP)[group]
+
+
+def test_help_lists_every_option_no_schema_and_the_commands():
+    groups = listed(HELP)
+    assert "_schema" not in HELP and "powered by Hydra" not in HELP
+    assert groups == {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in [*GROUPS, "experiment"]}
+    for command in ("python train.py optimizer.lr=", "scheduler=cosine", "-m loss=focal,hybrid",
+                    "resume=RUN_DIR", "trainer.devices=2", "scripts/analyze_training.py RUN_DIR", "--cfg job"):
+        assert command in HELP, command
 
 
 EXPERIMENTS = {"default": [], "digits": ["experiment=digits"], "seqset": ["experiment=seqset"]}
@@ -53,7 +84,7 @@ def test_every_option_composes_and_instantiates(compose_cfg, group, option):
     assert cfg.log.interval >= 1 and cfg.trainer.epochs >= 1 and cfg.checkpoint.mode in ("min", "max")
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+@pytest.mark.parametrize("name", options("experiment"))
 def test_every_experiment_preset_composes_with_its_monitor(compose_cfg, name):
     from trainforge.build import available_metrics
 

@@ -190,3 +190,115 @@ def test_a_crash_says_where_its_traceback_is(train, tmp_path):
     assert f"traceback in {run_dir / 'training.log'}" in lines[0]
     assert "Traceback (most recent call last)" in (run_dir / "training.log").read_text()
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+# Two processes forked from one parent that has composed the config, released together
+# on one explicit run directory; each reports "trained" or its one-line refusal.
+RACE = r"""
+import json, multiprocessing as mp, sys
+import torch._dynamo  # noqa: F401  (torch.optim imports it on first use: once here, not per child)
+import trainforge.build, trainforge.resume  # noqa: F401  (and these: children only train)
+from hydra import compose, initialize_config_dir
+from trainforge.cli import USER_ERRORS, one_line
+from trainforge.train import run
+
+conf, base, rounds, overrides = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+with initialize_config_dir(config_dir=conf, version_base="1.3"):
+    cfg = compose(config_name="train", overrides=overrides)
+
+def child(run_dir, go, out):
+    go.wait()
+    try:
+        run(cfg.copy(), run_dir, overrides=[])
+        out.put("trained")
+    except USER_ERRORS as e:
+        out.put(one_line(e))
+
+ctx, results = mp.get_context("fork"), []
+for i in range(rounds):
+    go, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=child, args=(f"{base}/run{i}", go, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    go.set()
+    results.append(sorted([out.get(timeout=120), out.get(timeout=120)]))
+    for p in procs:
+        p.join()
+print(json.dumps(results))
+"""
+TINY = ["data.num_samples=40", "data.image_size=16", "data.batch_size=16", "trainer.epochs=1", "trainer.threads=1",
+        "log.progress=false"]
+
+
+def test_two_runs_started_together_on_one_directory_never_both_train(env, tmp_path):
+    import json
+
+    from conftest import CONF
+
+    rounds = 8
+    proc = subprocess.run([sys.executable, "-c", RACE, str(CONF), str(tmp_path), str(rounds), *TINY], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for i, (refused, trained) in enumerate(results):
+        assert trained == "trained", results
+        assert "already holds a run" in refused and str(tmp_path / f"run{i}") in refused, results
+        log = (tmp_path / f"run{i}" / "training.log").read_text()
+        assert log.count("Run directory:") == 1
+        assert len(json.loads((tmp_path / f"run{i}" / "metrics.json").read_text())) == 1
+
+
+def test_two_train_py_on_one_run_dir_at_once(env, tmp_path):
+    """The same through train.py (Hydra's run_job in between): one trains, one refuses."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), *TINY, f"hydra.run.dir={run_dir}"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outcomes = sorted((p.wait(timeout=300), p.stderr.read()) for p in procs)
+    assert [code for code, _ in outcomes] == [0, 2], outcomes
+    assert "already holds a run" in outcomes[1][1] and len(outcomes[1][1].strip().splitlines()) == 1
+    assert (run_dir / "training.log").read_text().count("Run directory:") == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs at tmp_path/disk (root only; skipped where it cannot be mounted)."""
+    import os
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_mid_run_names_the_file_and_the_checkpoint_to_resume(env, small_disk, train):
+    import json
+    import os
+    import time
+
+    run_dir = small_disk / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), *SMALL, "trainer.epochs=3", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=small_disk.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    first = run_dir / "checkpoints" / "checkpoint_epoch_001.pth"
+    while not (first.exists() and (run_dir / "checkpoints" / "index.json").exists()) and proc.poll() is None:
+        time.sleep(0.005)
+    # fill the disk, leaving room for epoch 2's log lines and CSVs but not for its checkpoint
+    disk = os.statvfs(small_disk)
+    room = max(64 << 10, (run_dir / "latest_checkpoint.pth").stat().st_size // 2)
+    with open(small_disk / "filler", "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, disk.f_bavail * disk.f_frsize - room)
+    err = proc.communicate(timeout=300)[1]
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, err
+    assert f"cannot write {run_dir}/" in lines[0] and "No space left on device" in lines[0], lines[0]
+    assert f"last good checkpoint: {run_dir / 'latest_checkpoint.pth'}" in lines[0], lines[0]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "FAILED"
+
+    (small_disk / "filler").unlink()
+    train(f"resume={run_dir}")
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "COMPLETED"
+    assert [r["epoch"] for r in json.loads((run_dir / "metrics.json").read_text())] == [1, 2, 3]

@@ -126,7 +126,7 @@ def _run(cfg, run_dir: Path, overrides):
     except BaseException as e:
         error = _as_user_error(e, run_dir, trainer)
         if error is None:  # a crash: its traceback goes to training.log, stderr says where
-            log.exception("training failed: %s", e)
+            log.exception("training failed: %s", e, extra={"console": False})
             e.training_log = str(run_dir / "training.log")
             error = e
         else:
