@@ -124,3 +124,13 @@ def test_bad_input_gives_one_line_naming_the_key(train, args, named):
     assert len(err) == 1, proc.stderr
     assert err[0].startswith("trainforge: error: ") and named in err[0]
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_completion_and_info_see_the_options_not_the_schemas(tmp_path):
+    env = dict(os.environ, COMP_LINE="python train.py model=")
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], env=e, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for args, e in ((["-sc", "query=bash"], env), (["--info", "defaults-tree"], os.environ))]
+    (completion, _), (info, _) = (p.communicate(timeout=300) for p in procs)
+    assert completion.split() == ["model=cnn", "model=seqencoder", "model=unet"]
+    assert "model: unet" in info and "model_unet_schema" in info  # the schema still types the option

@@ -53,6 +53,8 @@ CASES = [
     (["model.init_weights=/no/such/weights.pt"], "model.init_weights=/no/such/weights.pt"),
     (["model.init_weights={f}/notes.txt"], "notes.txt"),
     (["model=nosuch"], "model=nosuch"),
+    (["model._target_=torch.nn.Linear"], "model.in_channels=1"),  # the constructor's own error, traced
+    (["model._target_=nosuch.Module"], "model=nosuch.Module"),
     (["model=unet_schema"], "model=unet_schema"),
     (["+model.dept=3"], "did you mean model.depth"),
     # data
@@ -84,6 +86,7 @@ CASES = [
     (["optimizer.betas=[0.9,1.5]"], "optimizer.betas=[0.9,1.5]"),
     (["optimizer.eps=0"], "optimizer.eps=0"),
     (["optimizer=sgd", "optimizer.momentum=1.5"], "optimizer.momentum=1.5"),
+    (["optimizer._target_=torch.optim.Adagrad"], "optimizer.betas=[0.9, 0.999]"),
     (["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=true"], "optimizer.momentum=0"),
     # scheduler
     (["scheduler=cosine", "scheduler.warmup_epochs=-1"], "scheduler.warmup_epochs=-1"),
@@ -146,6 +149,19 @@ def test_table_of_bad_inputs_each_refused_in_one_line(compose_cfg, files, tmp_pa
         if run_dir.exists() and holds_run(run_dir):
             problems.append(f"{args}: left {run_dir} claiming a run")
     assert not problems, "\n".join(problems)
+
+
+def test_a_constructor_error_names_group_and_key():
+    """torch's own check, for a value no rule caught, comes out as group.key=value."""
+    import torch
+
+    from trainforge.build import blame
+    from trainforge.errors import ConfigError
+
+    node = {"_target_": "torch.optim.SGD", "lr": -1.0, "momentum": 0.9}
+    with pytest.raises(ConfigError, match=r"^optimizer\.lr=-1\.0: Invalid learning rate: -1\.0 \(raised by torch"):
+        with blame("optimizer", node):
+            torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=-1.0, momentum=0.9)
 
 
 # the same door as a user meets it: real train.py processes, started together
@@ -302,3 +318,33 @@ def test_full_disk_mid_run_names_the_file_and_the_checkpoint_to_resume(env, smal
     train(f"resume={run_dir}")
     assert json.loads((run_dir / "status.json").read_text())["status"] == "COMPLETED"
     assert [r["epoch"] for r in json.loads((run_dir / "metrics.json").read_text())] == [1, 2, 3]
+
+
+def test_full_disk_under_each_sink_names_its_file(small_disk):
+    """training.log, the epoch CSV/JSON and batch_metrics.csv on a disk with no room left:
+    a WriteError naming the file and the reason, never logging's own stderr report."""
+    import logging
+    import os
+
+    from trainforge.engine.logging import LOGGER, BatchCSV, setup_logging, write_epoch_files
+    from trainforge.errors import WriteError
+
+    csv = BatchCSV(small_disk / "batch_metrics.csv", ["epoch", "batch", "loss"])
+    log = setup_logging(small_disk)
+    with open(small_disk / "filler", "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize)
+    try:
+        with pytest.raises(WriteError, match=r"training\.log: No space left on device"):
+            for _ in range(1000):
+                log.info("x" * 200)
+        log.info("dropped, not raised: the file can take no more")
+        with pytest.raises(WriteError, match=r"epoch_metrics\.csv: No space left on device"):
+            write_epoch_files(small_disk, [{"epoch": 1, "train": {"loss": 1.0}, "lr": 0.1, "epoch_time": 1.0}])
+        with pytest.raises(WriteError, match=r"batch_metrics\.csv: No space left on device"):
+            for _ in range(1000):
+                csv.add([1, 1, 0.5] * 50)
+                csv.flush()
+    finally:
+        for handler in list(logging.getLogger(LOGGER).handlers):
+            logging.getLogger(LOGGER).removeHandler(handler)
+            handler.close()

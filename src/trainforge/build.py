@@ -50,9 +50,9 @@ def blame(group: str, node):
 
 def constructor_error(group: str, node, exc: BaseException) -> ConfigError:
     items = node if isinstance(node, dict) else OmegaConf.to_container(node, resolve=True)
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    if isinstance(exc, InstantiationException):  # hydra's own (e.g. a _target_ it cannot import)
-        text = " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip() and "full_key" not in ln)
+    # hydra's own messages (a _target_ it cannot import) span lines: join them
+    text = " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip() and "full_key" not in ln)
+    text = text or type(exc).__name__
     named = [k for k in sorted(items, key=len, reverse=True)
              if not k.startswith("_") and re.search(rf"\b{re.escape(k)}\b", text)]
     if named:

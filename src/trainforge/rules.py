@@ -142,7 +142,7 @@ def existing_file(kind: str) -> Check:
             return None
         if path.is_dir():
             return f"is a directory; must be {kind}"
-        return f"no such file; must be {kind}"
+        return f"file not found; must be {kind}"
 
     return check
 
@@ -154,8 +154,10 @@ def checkpoint_file(what: str) -> Check:
 
         path = Path(str(value)).expanduser()
         if not path.is_file():
-            return f"{'is a directory' if path.is_dir() else 'no such file'}; must be {what}"
-        return None if zipfile.is_zipfile(path) else f"not a torch.save file; must be {what}"
+            return f"{'is a directory' if path.is_dir() else 'file not found'}; must be {what}"
+        if zipfile.is_zipfile(path):
+            return None
+        return f"not a checkpoint (truncated, corrupt or another kind of file); must be {what}"
 
     return check
 

@@ -36,6 +36,21 @@ class _LogFile(logging.FileHandler):
         if not self.failed:
             super().emit(record)
 
+    def flush(self) -> None:
+        if not self.failed:
+            super().flush()  # an OSError here reaches emit's handleError below
+            return
+        try:  # already reported by the emit that met it: a flush in cleanup must not mask it
+            super().flush()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:
+            pass
+
     def handleError(self, record: logging.LogRecord) -> None:
         exc = sys.exc_info()[1]
         if isinstance(exc, OSError) and not self.failed:
