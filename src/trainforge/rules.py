@@ -59,26 +59,25 @@ def _num(value) -> bool:
 
 def interval(low=None, high=None, low_open=False, high_open=False, integer=False) -> Check:
     """A number in [low, high] (``low_open``/``high_open`` exclude the ends)."""
-    lo = "" if low is None else f"{low} {'<' if low_open else '<='} "
-    hi = "" if high is None else f" {'<' if high_open else '<='} {high}"
-    text = f"must be {'an integer' if integer else 'a number'} with {lo}x{hi}" if lo or hi else "must be a number"
-    if lo and not hi:
-        text = f"must be {'an integer' if integer else 'a number'} {'>' if low_open else '>='} {low}"
+    kind = "an integer" if integer else "a number"
+    if high is None:
+        text = f"must be {kind} {'>' if low_open else '>='} {low}"
+    else:
+        text = f"must be {kind} with {low} {'<' if low_open else '<='} x {'<' if high_open else '<='} {high}"
 
     def check(value):
-        if not _num(value) or value != value:
+        if not _num(value) or value != value:  # NaN fails every range
             return text
-        if low is not None and (value <= low if low_open else value < low):
+        if value < low or (low_open and value == low):
             return text
-        if high is not None and (value >= high if high_open else value > high):
+        if high is not None and (value > high or (high_open and value == high)):
             return text
         return None
 
     return check
 
 
-def positive(value) -> Optional[str]:
-    return interval(0, low_open=True)(value)
+positive = interval(0, low_open=True)
 
 
 def at_least(low, integer=True) -> Check:
