@@ -36,10 +36,14 @@ class RunLock:
             os.close(fd)
             raise ConfigError(f"{self.key}={self.path.parent}: already holds a run that {holder} is "
                               "training right now; wait for it, or choose another directory") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
         self.fd = fd
         return self
+
+    def stamp(self) -> None:
+        """Write who holds the lock (for the other process's message); called once this
+        process is sure to train, so a refused start changes nothing in the directory."""
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:

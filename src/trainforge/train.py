@@ -76,12 +76,13 @@ def run(cfg, run_dir=None, overrides=None):
         cfg.resume = "auto"  # a requeued submitit job (any launcher) continues its own run
     if not dist.is_main():  # DDP ranks > 0 train into the directory rank 0 holds
         return _run(cfg, run_dir, overrides)
-    with RunLock(run_dir, "resume" if cfg.resume else "hydra.run.dir"):
+    with RunLock(run_dir, "resume" if cfg.resume else "hydra.run.dir") as lock:
+        check_fresh(run_dir, cfg.resume)
+        lock.stamp()
         return _run(cfg, run_dir, overrides)
 
 
 def _run(cfg, run_dir: Path, overrides):
-    check_fresh(run_dir, cfg.resume)
     log = setup_logging(run_dir, dist.is_main())
     started = time.time()
     owns_status = cfg.resume is None  # a refused resume must not relabel the run it refused
