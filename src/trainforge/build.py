@@ -48,13 +48,17 @@ def blame(group: str, node):
         raise constructor_error(group, node, cause) from e
 
 
+# how torch's constructors name some keys in their messages ("Invalid learning rate: -1.0")
+TORCH_WORDS = {"lr": ("learning rate",), "eps": ("epsilon",), "betas": ("beta parameter",)}
+
+
 def constructor_error(group: str, node, exc: BaseException) -> ConfigError:
     items = node if isinstance(node, dict) else OmegaConf.to_container(node, resolve=True)
     # hydra's own messages (a _target_ it cannot import) span lines: join them
     text = " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip() and "full_key" not in ln)
     text = text or type(exc).__name__
-    named = [k for k in sorted(items, key=len, reverse=True)
-             if not k.startswith("_") and re.search(rf"\b{re.escape(k)}\b", text)]
+    named = [k for k in sorted(items, key=len, reverse=True) if not k.startswith("_") and
+             any(re.search(rf"\b{re.escape(w)}\b", text, re.I) for w in (k, *TORCH_WORDS.get(k, ())))]
     if named:
         value = items[named[0]]
         return ConfigError(f"{group}.{named[0]}={value}: {text} (raised by {items.get('_target_')})")
