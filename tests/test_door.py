@@ -248,6 +248,7 @@ def test_two_runs_started_together_on_one_directory_never_both_train(env, tmp_pa
         assert len(json.loads((tmp_path / f"run{i}" / "metrics.json").read_text())) == 1
 
 
+@pytest.mark.slow  # the guard itself is tested above, many times; this is the same through Hydra's run_job
 def test_two_train_py_on_one_run_dir_at_once(env, tmp_path):
     """The same through train.py (Hydra's run_job in between): one trains, one refuses."""
     run_dir = tmp_path / "run"
