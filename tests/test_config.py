@@ -5,19 +5,52 @@ steps. Bad input fails at the door with one line."""
 from __future__ import annotations
 
 import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import CONF, SMALL
+from conftest import CONF, ROOT, SMALL
 from trainforge.build import available_metrics, build_model
 
 LN2 = math.log(2.0)
 
 
+GROUPS = ["model", "data", "loss", "optimizer", "scheduler", "log", "trainer", "checkpoint", "collapse"]
+
+
+def help_text() -> str:
+    env = dict(os.environ, TRAINFORGE_DATA_DIR=str(Path(tempfile.gettempdir()) / "trainforge-help"))
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True,
+                          env=env, timeout=300, check=True).stdout
+
+
+HELP = help_text()  # once per session: the options tested below are the ones --help lists
+
+
+def listed(text: str) -> dict:
+    """The ``group: a, b`` lines of --help's group section."""
+    section = text.split("== Config groups", 1)[1].split("\n\n", 1)[0]
+    return {m[1]: m[2].split(", ") for m in re.finditer(r"^(\w+): (.+)$", section, re.M)}
+
+
 def options(group):
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    return listed(HELP)[group]
+
+
+def test_help_lists_every_option_no_schema_and_the_commands():
+    groups = listed(HELP)
+    assert "_schema" not in HELP and "powered by Hydra" not in HELP
+    assert groups == {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in [*GROUPS, "experiment"]}
+    for command in ("python train.py optimizer.lr=", "scheduler=cosine", "-m loss=focal,hybrid",
+                    "resume=RUN_DIR", "trainer.devices=2", "scripts/analyze_training.py RUN_DIR", "--cfg job"):
+        assert command in HELP, command
 
 
 def test_every_option_has_its_own_test_here():

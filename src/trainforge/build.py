@@ -1,10 +1,12 @@
 """cfg -> objects, in one visible order. The only caller of ``hydra.utils.instantiate``."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
 import os
+import re
 
 import torch
 from hydra.errors import InstantiationException
@@ -23,14 +25,44 @@ from trainforge.engine.trainer import BaseTrainer
 from trainforge.errors import ConfigError, TrainforgeError
 
 
-def instantiate(node, **kwargs):
-    """hydra's instantiate, letting a constructor's own user error through unwrapped."""
-    try:
+def instantiate(node, group: str | None = None, **kwargs):
+    """hydra's instantiate; a constructor's error becomes a one-line ConfigError naming
+    ``group`` (default: the node's key) and its key where the message names one (:func:`blame`)."""
+    if group is None:
+        group = node._key() if OmegaConf.is_config(node) and node._key() else "config"
+    with blame(group, node):
         return hydra_instantiate(node, **kwargs)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, TrainforgeError):
-            raise e.__cause__ from None
-        raise
+
+
+@contextlib.contextmanager
+def blame(group: str, node):
+    """Turn an error raised by ``group``'s constructor (torch's optimizers, models, data)
+    into ``group.key=value: message`` when the message names one of the node's keys,
+    else ``group=<target>: message``. trainforge's own user errors pass unchanged."""
+    try:
+        yield
+    except (InstantiationException, TypeError, ValueError, AssertionError) as e:
+        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ is not None else e
+        if isinstance(cause, TrainforgeError):
+            raise cause from None
+        raise constructor_error(group, node, cause) from e
+
+
+# how torch's constructors name some keys in their messages ("Invalid learning rate: -1.0")
+TORCH_WORDS = {"lr": ("learning rate",), "eps": ("epsilon",), "betas": ("beta parameter",)}
+
+
+def constructor_error(group: str, node, exc: BaseException) -> ConfigError:
+    items = node if isinstance(node, dict) else OmegaConf.to_container(node, resolve=True)
+    # hydra's own messages (a _target_ it cannot import) span lines: join them
+    text = " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip() and "full_key" not in ln)
+    text = text or type(exc).__name__
+    named = [k for k in sorted(items, key=len, reverse=True) if not k.startswith("_") and
+             any(re.search(rf"\b{re.escape(w)}\b", text, re.I) for w in (k, *TORCH_WORDS.get(k, ())))]
+    if named:
+        value = items[named[0]]
+        return ConfigError(f"{group}.{named[0]}={value}: {text} (raised by {items.get('_target_')})")
+    return ConfigError(f"{group}={items.get('_target_')}: {text}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,7 +110,7 @@ def build_model(node, warm_start: bool) -> torch.nn.Module:
     """The model of ``node``; ``init_weights`` (a weights file) is loaded if ``warm_start``."""
     node = OmegaConf.to_container(node, resolve=True)
     init = node.pop("init_weights", None)
-    model = instantiate(node)
+    model = instantiate(node, "model")
     if init and warm_start:
         missing, unexpected = load_weights(model, init)
         loaded = len(model.state_dict()) - len(missing)
@@ -119,7 +151,7 @@ def build(cfg, run_dir, overrides=(), resuming=False) -> BaseTrainer:
     device = resolve_device(t.device)
     seed_everything(cfg.seed)
 
-    data = instantiate(cfg.data)
+    data = instantiate(cfg.data, "data")
     train_set, val_set = data.train_set(), data.val_set()
     lengths = train_set.lengths() if data.bucket else None
     sampler = EpochSampler(len(train_set), seed=cfg.seed, shuffle=data.shuffle, rank=dist.rank(),
@@ -134,18 +166,20 @@ def build(cfg, run_dir, overrides=(), resuming=False) -> BaseTrainer:
     model = build_model(cfg.model, warm_start=not resuming).to(device)
     if dist.world_size() > 1:  # same initial weights on every rank, then each rank its own random stream
         seed_everything(cfg.seed + dist.rank())
-    loss_fn = instantiate(cfg.loss).to(device)
-    make_optimizer = instantiate(cfg.optimizer, _convert_="all")
+    loss_fn = instantiate(cfg.loss, "loss").to(device)
+    make_optimizer = instantiate(cfg.optimizer, "optimizer", _convert_="all")
     fused = {}
     if t.on_nonfinite == "skip" and "fused" in inspect.signature(make_optimizer.func).parameters:
         fused = {"fused": True}  # lets a non-finite window be skipped on the device, without a sync
     # a model may give parameter groups (its own LR for a head, frozen parts left out)
     params = model.param_groups(cfg.optimizer.lr) if hasattr(model, "param_groups") else model.parameters()
-    optimizer = make_optimizer(params, **fused)
+    with blame("optimizer", cfg.optimizer):
+        optimizer = make_optimizer(params, **fused)
     model = dist.wrap(model, device, t.sync_batchnorm)  # DDP at world size > 1
     steps_per_epoch = math.ceil(len(train_loader) / t.grad_accum)
-    scheduler = instantiate(cfg.scheduler, _convert_="all")(optimizer, steps_per_epoch=steps_per_epoch,
-                                                            epochs=t.epochs)
+    with blame("scheduler", cfg.scheduler):
+        scheduler = instantiate(cfg.scheduler, "scheduler", _convert_="all")(
+            optimizer, steps_per_epoch=steps_per_epoch, epochs=t.epochs)
     precision = Precision(t.precision, device)
     metrics = data.metrics()
     vae_hooks = []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import dataclasses
 import os
 import re
 import sys
@@ -60,7 +61,7 @@ def one_line(exc: BaseException) -> str:
         key = getattr(err, "full_key", None)
         msg = getattr(err, "msg", None)
         if key and msg:
-            return f"{key}: {msg.splitlines()[0]}"
+            return f"{key}: {msg.splitlines()[0]}{_did_you_mean(err, key)}"
     text = str(exc)
     missing = re.search(r"Could not find '([^']+)'", text)
     if missing:
@@ -74,11 +75,29 @@ def one_line(exc: BaseException) -> str:
     return " ".join(lines[:2]) if lines else type(exc).__name__
 
 
+def _did_you_mean(err, full_key: str) -> str:
+    """For an unknown key of a schema-typed node: the closest key a schema declares."""
+    from trainforge.config import SCHEMAS
+    from trainforge.rules import closest
+
+    kind = getattr(err, "object_type", None)
+    if not (dataclasses.is_dataclass(kind) and str(getattr(err, "msg", "")).startswith("Key '")):
+        return ""
+    parent, _, _ = str(full_key).rpartition(".")
+    known = [f"{parent + '.' if parent else ''}{f.name}" for f in dataclasses.fields(kind)]
+    if not parent:  # the root: a key may have lost its group
+        known += [f"{g}.{f.name}" for g, opts in SCHEMAS.items() for node in opts.values()
+                  for f in dataclasses.fields(node)]
+    close = closest(str(full_key), known)
+    return f"; did you mean {close}?" if close else ""
+
+
 def guarded(main) -> None:
     """Run a ``@hydra.main`` function; print user errors as one line and exit 2.
 
-    Unexpected errors also print one line (their traceback is in ``training.log``) unless
-    the user set ``HYDRA_FULL_ERROR=1``, which shows every traceback as Hydra does.
+    Unexpected errors (crashes) print one line saying where their traceback is (the run's
+    ``training.log``) and exit 1, unless the user set ``HYDRA_FULL_ERROR=1``, which shows
+    every traceback as Hydra does.
     """
     from trainforge.ranks import env_rank
     from trainforge.launch import agree_start_time
@@ -99,11 +118,14 @@ def guarded(main) -> None:
         if full:
             raise
         if quiet:
-            sys.exit(getattr(exc, "exit_code", 2))
-        hint = "" if isinstance(exc, USER_ERRORS) else f" ({type(exc).__name__}; " \
-            "HYDRA_FULL_ERROR=1 shows the traceback)"
+            sys.exit(1 if not isinstance(exc, USER_ERRORS) else getattr(exc, "exit_code", 2))
+        if not isinstance(exc, USER_ERRORS):  # a crash: say what and where its traceback is
+            where = getattr(exc, "training_log", None)
+            hint = f"traceback in {where}" if where else "HYDRA_FULL_ERROR=1 shows the traceback"
+            print(f"trainforge: crashed: {type(exc).__name__}: {one_line(exc)} ({hint})", file=stderr)
+            sys.exit(1)
         kind = "stopped" if getattr(exc, "exit_code", None) == Preempted.EXIT_CODE else "error"
-        print(f"trainforge: {kind}: {one_line(exc)}{hint}", file=stderr)
+        print(f"trainforge: {kind}: {one_line(exc)}", file=stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     finally:
         sys.stderr = stderr

@@ -1,6 +1,7 @@
 """``run(cfg)``: validate, build, fit, write the run's status. Importable by tests."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -12,9 +13,10 @@ from omegaconf import OmegaConf
 
 from trainforge.config import validate
 from trainforge.engine import distributed as dist
-from trainforge.engine.checkpoint import atomic_json
+from trainforge.engine.checkpoint import atomic_json, atomic_write
 from trainforge.engine.logging import LOGGER, setup_logging
-from trainforge.errors import ConfigError, Preempted, RankFailed, TrainforgeError
+from trainforge.errors import ConfigError, Preempted, RankFailed, TrainforgeError, WriteError
+from trainforge.rundir import RunLock, holds_run
 
 STATUS = "status.json"
 
@@ -32,9 +34,24 @@ def write_status(run_dir: Path, status: str, **fields) -> None:
     atomic_json(record, run_dir / STATUS)
 
 
+def write_final_status(run_dir: Path, status: str, **fields) -> None:
+    """The failure record, also on a full disk: if the atomic write finds no room, the
+    old status.json is overwritten in place (its own blocks suffice); if that fails too,
+    the one-line error on stderr is all there is."""
+    try:
+        write_status(run_dir, status, **fields)
+    except WriteError:
+        try:
+            with open(run_dir / STATUS, "r+b") as f:
+                f.truncate(0)
+                f.write(json.dumps({"status": status, **fields}, default=str).encode())
+        except OSError:
+            pass
+
+
 def check_fresh(run_dir: Path, resume) -> None:
     """Never train over another run: a directory that already holds one needs resume."""
-    if resume is None and ((run_dir / STATUS).exists() or (run_dir / "training.log").exists()):
+    if resume is None and holds_run(run_dir):
         raise ConfigError(f"hydra.run.dir={run_dir}: already holds a run; pass resume={run_dir} "
                           "to continue it, or choose another directory")
 
@@ -51,23 +68,35 @@ def run(cfg, run_dir=None, overrides=None):
     command line's (default: Hydra's), kept in checkpoints so a resume can recompose the
     same config. Returns the best value of ``checkpoint.monitor`` (for sweepers).
 
-    With several ranks (torchrun, a SLURM step, or ``trainer.devices=N``, which starts
-    them here after the config is final) rank 0 alone writes files and prints."""
+    A config the schemas refuse raises before anything is written; the run directory is
+    held by one process at a time (RunLock) for the whole run. With several ranks
+    (torchrun, a SLURM step, or ``trainer.devices=N``, which starts them here after the
+    config is final) rank 0 alone holds it, writes files and prints."""
     from trainforge import launch
 
+    validate(cfg)
     run_dir = Path(run_dir) if run_dir is not None else output_dir()
     ranks = dist.env_ranks()
-    main = ranks is None or ranks["rank"] == 0
     if ranks is not None:
-        launch.check_devices(cfg.trainer.devices)
         dist.init("nccl" if _on_gpu(cfg) else "gloo", cfg.trainer.ddp_timeout)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.resume is None and os.environ.get("SUBMITIT_FOLDER") and (run_dir / STATUS).exists():
         cfg.resume = "auto"  # a requeued submitit job (any launcher) continues its own run
-    if main and not os.environ.get(launch.LAUNCHED):  # our launcher's parent checked already
-        _agreed(check_fresh, run_dir, cfg.resume)
-    else:
-        _agreed(lambda: None)
+    holder = dist.is_main() and not os.environ.get(launch.LAUNCHED)  # our launcher's parent holds it already
+    with contextlib.ExitStack() as stack:
+        def claim():
+            lock = stack.enter_context(RunLock(run_dir, "resume" if cfg.resume else "hydra.run.dir"))
+            check_fresh(run_dir, cfg.resume)
+            lock.stamp()
+
+        _agreed(claim if holder else lambda: None)  # no rank waits for one that was refused
+        return _run(cfg, run_dir, overrides, ranks)
+
+
+def _run(cfg, run_dir: Path, overrides, ranks):
+    from trainforge import launch
+
+    main = dist.is_main()
     log = setup_logging(run_dir, main)
     started = time.time()
     owns_status = main and cfg.resume is None  # a refused resume must not relabel the run it refused
@@ -80,7 +109,7 @@ def run(cfg, run_dir=None, overrides=None):
         owns_status = main
         if main:
             write_status(run_dir, "RUNNING", started=started)
-            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            atomic_write(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True).encode()))
         log.info("Run directory: %s", run_dir)
         n = launch.process_count(cfg.trainer.devices, cfg.trainer.device)
         if ranks is None and n > 1:
@@ -118,19 +147,24 @@ def run(cfg, run_dir=None, overrides=None):
             if trainer is not None:
                 _preemption(trainer).hand_on()
         raise
-    except TrainforgeError as e:
-        if not delegated:
-            log.error("%s", e, extra={"console": False})  # the CLI prints it once, on stderr
-            if owns_status:
-                write_status(run_dir, "FAILED", error=str(e), started=started, **_final(trainer))
-        raise
     except SystemExit:  # submitit requeueing the job: the next attempt writes the status
         raise
     except BaseException as e:
-        log.exception("training failed: %s", e)
-        if owns_status and not delegated:
-            write_status(run_dir, "FAILED", error=f"{type(e).__name__}: {e}", started=started, **_final(trainer))
-        raise
+        if delegated:  # the ranks recorded the outcome (launch.spawn filled in a rank that died)
+            raise
+        error = _as_user_error(e, run_dir, trainer)
+        if error is None:  # a crash: its traceback goes to training.log, stderr says where
+            log.exception("training failed: %s", e, extra={"console": False})
+            e.training_log = str(run_dir / "training.log")
+            error = e
+        else:
+            log.error("%s", error, extra={"console": False})  # the CLI prints it once, on stderr
+        if owns_status:
+            text = str(error) if error is not e or isinstance(e, TrainforgeError) else f"{type(e).__name__}: {e}"
+            write_final_status(run_dir, "FAILED", error=text, started=started, **_final(trainer))
+        if error is e:
+            raise
+        raise error from None
     finally:
         for handler in logging.getLogger(LOGGER).handlers:
             handler.flush()
@@ -188,6 +222,27 @@ def _on_gpu(cfg) -> bool:
 
         return torch.cuda.is_available()
     return device.startswith("cuda")
+
+
+def _as_user_error(e: BaseException, run_dir: Path, trainer):
+    """``e`` as the user error to report (a write fault gets the last good checkpoint),
+    or None for a crash."""
+    if isinstance(e, OSError) and e.filename:  # a write outside atomic_write (retention, mkdir)
+        e = WriteError(e.filename, e)
+    if isinstance(e, WriteError):
+        e.last_good, e.run_dir = _last_good(trainer, run_dir), run_dir
+    return e if isinstance(e, TrainforgeError) else None
+
+
+def _last_good(trainer, run_dir: Path) -> str:
+    from trainforge.engine.checkpoint import LATEST, load_checkpoint
+
+    path = run_dir / LATEST
+    try:
+        load_checkpoint(path)
+    except TrainforgeError:
+        return "none"
+    return str(path)
 
 
 def _checkpointer(trainer):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from trainforge.errors import CheckpointError
+from trainforge.errors import CheckpointError, WriteError
 
 FORMAT_VERSION = 1
 LATEST = "latest_checkpoint.pth"
@@ -47,19 +47,35 @@ def _tmp_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def _os_fault(exc: BaseException) -> bool:
+    """An OSError, or an error caused by one (torch.save wraps a full disk in a RuntimeError)."""
+    while exc is not None and not isinstance(exc, WriteError):
+        if isinstance(exc, OSError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def atomic_write(path, write) -> None:
-    """Create or replace ``path`` atomically; ``write(file)`` fills a temp file first."""
+    """Create or replace ``path`` atomically; ``write(file)`` fills a temp file first.
+    A failed write (disk full, no permission) leaves the old file and raises WriteError
+    naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_for(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if _os_fault(e):
+            raise WriteError(path, e) from None
         raise
     _fsync_dir(path.parent)
 
@@ -76,14 +92,21 @@ def atomic_json(obj, path) -> None:
 def publish(src: Path, dst: Path) -> None:
     """Make ``dst`` an atomic copy of the committed file ``src`` (a hard link if possible)."""
     tmp = _tmp_for(dst)
-    tmp.unlink(missing_ok=True)
     try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp, dst)
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise WriteError(dst, e) from None
     _fsync_dir(dst.parent)
 
 

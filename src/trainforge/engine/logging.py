@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from trainforge.engine.checkpoint import atomic_json, atomic_write
+from trainforge.errors import WriteError
 
 LOGGER = "trainforge"
 RULE = "=" * 80
@@ -22,6 +23,40 @@ RULE = "=" * 80
 class _ConsoleFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return getattr(record, "console", True)
+
+
+class _LogFile(logging.FileHandler):
+    """training.log, where a failed write (disk full, permission) ends the run with a
+    WriteError instead of logging's "--- Logging error ---" on stderr; later records are
+    dropped (the file can take no more)."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def flush(self) -> None:
+        if not self.failed:
+            super().flush()  # an OSError here reaches emit's handleError below
+            return
+        try:  # already reported by the emit that met it: a flush in cleanup must not mask it
+            super().flush()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:
+            pass
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError) and not self.failed:
+            self.failed = True
+            raise WriteError(self.baseFilename, exc) from None
+        super().handleError(record)
 
 
 def setup_logging(run_dir, main: bool = True) -> logging.Logger:
@@ -35,7 +70,7 @@ def setup_logging(run_dir, main: bool = True) -> logging.Logger:
     if not main:
         log.addHandler(logging.NullHandler())
         return log
-    file = logging.FileHandler(Path(run_dir) / "training.log", mode="a", encoding="utf-8")
+    file = _LogFile(Path(run_dir) / "training.log", mode="a", encoding="utf-8")
     file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter("%(message)s"))
@@ -113,17 +148,22 @@ class BatchCSV:
         self.path, self.columns = Path(path), columns
         self.rows: list = []
         if not self.path.exists():
-            with open(self.path, "w", newline="") as f:
-                csv.writer(f).writerow(columns)
+            self._append([columns], "w")
 
     def add(self, row: list) -> None:
         self.rows.append(row)
 
     def flush(self) -> None:
         if self.rows:
-            with open(self.path, "a", newline="") as f:
-                csv.writer(f).writerows(self.rows)
+            self._append(self.rows, "a")
             self.rows = []
+
+    def _append(self, rows: list, mode: str) -> None:
+        try:
+            with open(self.path, mode, newline="") as f:
+                csv.writer(f).writerows(rows)
+        except OSError as e:
+            raise WriteError(self.path, e) from None
 
     def truncate_after(self, epoch: int, batch: int) -> None:
         """Drop rows past (epoch, batch), 1-based, so a resume appends each batch once."""
