@@ -70,6 +70,7 @@ class DataConf:
     shared_memory: bool = False  # one copy in /dev/shm for every process using the same data
     shuffle: bool = True
     val_fraction: float = 0.2
+    on_device: bool = False  # keep the preloaded set on the training device (one index op per batch)
 
 
 @dataclass
@@ -232,6 +233,8 @@ class TrainerConf:
     max_nonfinite: int = 10
     deterministic: bool = False
     threads: Optional[int] = None
+    compile: bool = False  # torch.compile the model (checkpoints keep the plain state_dict)
+    compile_backend: str = "inductor"  # torch.compile's backend (aot_eager: no code generation, for debugging)
 
 
 @dataclass

@@ -130,8 +130,8 @@ class SeqSetData(DataSpec):
 
     def __init__(self, path, cache_dir, batch_size, num_workers=0, pin_memory=False, preload=True, shuffle=True,
                  num_patients=2000, num_variables=16, min_length=8, max_length=128, max_sequence_length=None,
-                 val_fraction=0.2, bucket=False, shared_memory=False):
-        super().__init__(batch_size, num_workers, pin_memory, preload, shuffle, shared_memory, val_fraction)
+                 val_fraction=0.2, bucket=False, shared_memory=False, on_device=False):
+        super().__init__(batch_size, num_workers, pin_memory, preload, shuffle, shared_memory, val_fraction, on_device)
         if max_sequence_length is not None and max_sequence_length < 1:
             raise DataError(f"data.max_sequence_length={max_sequence_length}: must be >= 1 (or null)")
         self.max_sequence_length, self.bucket = max_sequence_length, bucket
