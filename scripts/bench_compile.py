@@ -8,7 +8,8 @@ what is measured) and times ``steps`` calls of ``run_step`` + the per-step hooks
 ``warmup`` ones (for compile the warm-up includes compilation, reported separately).
 Prints one JSON line per configuration with ``ms_per_step``, ``speedup_vs_fp32`` and, for
 compile, ``warmup_s``. Target (issue 10): bf16 + compile >= 1.8x fp32 eager.
-``--device cpu`` is a smoke test of the script only (tiny sizes).
+``--device cpu --image-size 32 --batch-size 4 --steps 2 --warmup 1 --backend aot_eager``
+is a smoke test of the script only.
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def main():
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test of this script only")
+    ap.add_argument("--backend", default="inductor", help="trainer.compile_backend of the compiled row")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.device != "cpu" and not torch.cuda.is_available():
@@ -80,7 +82,8 @@ def main():
     rows, fp32 = [], None
     with tempfile.TemporaryDirectory() as tmp:
         for label, extra in CONFIGS.items():
-            trainer = make_trainer([*common, *extra], Path(tmp) / label.replace("+", "_"))
+            backend = [f"trainer.compile_backend={args.backend}"] if "compile" in label else []
+            trainer = make_trainer([*common, *extra, *backend], Path(tmp) / label.replace("+", "_"))
             trainer._call("before_train")
             trainer._call("before_epoch")
             start = time.perf_counter()
