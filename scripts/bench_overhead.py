@@ -120,7 +120,10 @@ class Gate(HookBase):
         self.error = None
 
     def start_thread(self, fit, *args) -> "Gate":
+        threads = torch.get_num_threads()  # a new thread starts with torch's default thread count
+
         def target():
+            torch.set_num_threads(threads)
             try:
                 fit(*args)
             except BaseException as e:  # reported by block(), not lost in the thread

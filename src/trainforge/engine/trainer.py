@@ -64,11 +64,16 @@ class StepMeter:
     are stacked and copied by one non-blocking transfer into a reused pinned buffer, with
     one event; ``ready`` returns, in order, the records whose copy has landed (all of them,
     after one wait, with ``block=True``). On CPU a record is ready at once.
+
+    ``lockstep`` (several ranks, which decide stops from these records): every rank must
+    see the same records at the same step, so blocks go only every ``block`` steps and
+    ``ready`` hands out every block but the newest, waiting for them if need be.
     """
 
-    def __init__(self, device: torch.device, block: int = 32, max_lag_s: float = 0.5):
+    def __init__(self, device: torch.device, lockstep: bool = False, block: int = 32, max_lag_s: float = 0.5):
         self.cuda = device.type == "cuda"
-        self.block, self.max_lag_s = block, max_lag_s
+        self.lockstep = lockstep and self.cuda
+        self.block, self.max_lag_s = block, math.inf if self.lockstep else max_lag_s
         self.queued: list = []  # (meta, values) not yet sent
         self.inflight: deque = deque()  # (metas, host rows, event)
         self.free: list = []  # pinned (block, k) buffers to reuse
@@ -104,7 +109,7 @@ class StepMeter:
         out = []
         while self.inflight:
             metas, host, event = self.inflight[0]
-            if not block and not event.query():
+            if not block and (len(self.inflight) == 1 if self.lockstep else not event.query()):
                 break
             event.synchronize()
             self.inflight.popleft()
