@@ -139,10 +139,10 @@ def test_autocast_runs_the_model_in_the_chosen_dtype(one_batch, mode, dtype, dev
 def test_precision_auto_picks_bf16_only_on_gpus_that_support_it():
     from trainforge.engine.amp import resolve_precision
 
-    cuda, cpu = torch.device("cuda:0"), torch.device("cpu")
-    assert resolve_precision("auto", cuda, bf16_supported=True) == "bf16"
-    assert resolve_precision("auto", cuda, bf16_supported=False) == "fp32"
-    assert resolve_precision("auto", cpu, bf16_supported=True) == "fp32"
+    cuda, cpu, big = torch.device("cuda:0"), torch.device("cpu"), 10 ** 7  # a model large enough for bf16 to pay
+    assert resolve_precision("auto", cuda, big, bf16_supported=True) == "bf16"
+    assert resolve_precision("auto", cuda, big, compiled=True, bf16_supported=False) == "fp32"
+    assert resolve_precision("auto", cpu, big, compiled=True, bf16_supported=True) == "fp32"
     assert resolve_precision("auto", cpu) == "fp32"
     for mode in ("fp32", "bf16", "fp16"):
         assert resolve_precision(mode, cuda, bf16_supported=False) == mode
@@ -153,7 +153,7 @@ def test_precision_auto_on_this_gpu():
     from trainforge.engine.amp import Precision
 
     ampere = torch.cuda.get_device_capability()[0] >= 8  # bf16 tensor cores from compute capability 8.0
-    assert Precision("auto", torch.device("cuda:0")).mode == ("bf16" if ampere else "fp32")
+    assert Precision("auto", torch.device("cuda:0"), num_params=10 ** 7).mode == ("bf16" if ampere else "fp32")
 
 
 # ---- skip: no update, but the schedule advances ----

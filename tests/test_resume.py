@@ -90,15 +90,17 @@ def test_sigterm_mid_epoch_saves_marks_preempted_and_resumes_exactly(train, env,
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     args = [*DET, "data.num_samples=800", "trainer.epochs=2"]
     train(*args, f"hydra.run.dir={straight}")
-    proc = start(env, tmp_path, *args, f"hydra.run.dir={stopped}")
-    log = stopped / "training.log"
-    wait_for(log, proc)
-    while "(3/40)" not in log.read_text():
-        assert proc.poll() is None
-        time.sleep(0.01)
+    # batch lines on stdout (flushed per line; training.log batches its writes), to signal mid-epoch
+    shown = [a for a in args if not a.startswith("log.progress")]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *shown, f"hydra.run.dir={stopped}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "(3/40)" in line:
+            break
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == Preempted.EXIT_CODE
-    err = proc.stderr.read().strip().splitlines()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == Preempted.EXIT_CODE
+    err = stderr.strip().splitlines()
     assert len(err) == 1 and "SIGTERM" in err[0] and "latest_checkpoint.pth" in err[0]
     status = json.loads((stopped / "status.json").read_text())
     assert status["status"] == "PREEMPTED" and status["exit_code"] == Preempted.EXIT_CODE

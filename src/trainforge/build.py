@@ -18,10 +18,11 @@ from trainforge.data import EpochSampler
 from trainforge.engine import distributed as dist
 from trainforge.engine.amp import Precision
 from trainforge.engine.checkpoint import CheckpointManager, load_weights
+from trainforge.engine.compile import CompileReport, compile_model
 from trainforge.engine.hooks import CheckpointHook, EvalHook, LoggingHook, PlateauHook, PreemptionHook
 from trainforge.engine.logging import LOGGER
 from trainforge.engine.rng import seed_everything
-from trainforge.engine.trainer import BaseTrainer
+from trainforge.engine.trainer import GRAD_NORM_EVERY, BaseTrainer
 from trainforge.errors import ConfigError, TrainforgeError
 
 
@@ -162,10 +163,16 @@ def build(cfg, run_dir, overrides=(), resuming=False) -> BaseTrainer:
     train_loader = DataLoader(train_set, sampler=sampler, generator=torch.Generator().manual_seed(cfg.seed),
                               **loader_args)
     val_loader = DataLoader(val_set, shuffle=False, **loader_args)
+    if data.on_device:  # same sampler, same batches: one index op each, on the device
+        from trainforge.data.device import device_loaders
+
+        train_loader, val_loader = device_loaders(data, train_set, val_set, sampler, device)
 
     model = build_model(cfg.model, warm_start=not resuming).to(device)
     if dist.world_size() > 1:  # same initial weights on every rank, then each rank its own random stream
         seed_everything(cfg.seed + dist.rank())
+    num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    model = compile_model(model, t.compile, t.compile_backend)
     loss_fn = instantiate(cfg.loss, "loss").to(device)
     make_optimizer = instantiate(cfg.optimizer, "optimizer", _convert_="all")
     fused = {}
@@ -180,7 +187,7 @@ def build(cfg, run_dir, overrides=(), resuming=False) -> BaseTrainer:
     with blame("scheduler", cfg.scheduler):
         scheduler = instantiate(cfg.scheduler, "scheduler", _convert_="all")(
             optimizer, steps_per_epoch=steps_per_epoch, epochs=t.epochs)
-    precision = Precision(t.precision, device)
+    precision = Precision(t.precision, device, num_params, compiled=t.compile)
     metrics = data.metrics()
     vae_hooks = []
     if hasattr(loss_fn, "set_step"):  # a loss with a step-counted schedule (loss=elbo: beta)
@@ -210,6 +217,9 @@ def build(cfg, run_dir, overrides=(), resuming=False) -> BaseTrainer:
     checkpointer = CheckpointHook(manager, OmegaConf.to_yaml(cfg, resolve=True), ck.save_optimizer,
                                   ck.every_n_steps, overrides)
     hooks += [checkpointer, PreemptionHook(checkpointer)]
+    if t.compile:
+        hooks.append(CompileReport())
     return BaseTrainer(model, optimizer, scheduler, loss_fn, train_loader, sampler, precision, device,
                        epochs=t.epochs, grad_accum=t.grad_accum, clip_grad=t.clip_grad,
-                       on_nonfinite=t.on_nonfinite, max_nonfinite=t.max_nonfinite, hooks=hooks)
+                       on_nonfinite=t.on_nonfinite, max_nonfinite=t.max_nonfinite, hooks=hooks,
+                       grad_norm_every=1 if cfg.log.batch_metrics else GRAD_NORM_EVERY)

@@ -126,6 +126,7 @@ class DataConf:
     shared_memory: bool = False  # one copy in /dev/shm for every process using the same data
     shuffle: bool = True
     val_fraction: float = opt(0.2, fraction(open_ends=True))
+    on_device: bool = False  # keep the preloaded set on the training device (one index op per batch)
 
 
 @dataclass
@@ -333,6 +334,8 @@ class TrainerConf:
     max_nonfinite: int = opt(10, at_least(1))
     deterministic: bool = False
     threads: Optional[int] = opt(None, at_least(1))
+    compile: bool = False  # torch.compile the model (checkpoints keep the plain state_dict)
+    compile_backend: str = "inductor"  # torch.compile's backend (aot_eager: no code generation, for debugging)
 
 
 @dataclass

@@ -21,7 +21,7 @@ log = logging.getLogger(LOGGER)
 STRUCTURAL = ("model.", "data.", "loss.", "optimizer._target_", "trainer.grad_accum")
 # ...except these, which only say where the data is and how it is loaded
 LOADING = ("data.path", "data.cache_dir", "data.num_workers", "data.pin_memory", "data.preload",
-           "data.shared_memory", "model.init_weights")
+           "data.shared_memory", "data.on_device", "model.init_weights")
 OWN_KEYS = ("resume", "resume_force")
 
 

@@ -54,8 +54,8 @@ class DigitsData(DataSpec):
     keys = ("images", "labels")
 
     def __init__(self, path, cache_dir, batch_size, num_workers=0, pin_memory=False, preload=True,
-                 shuffle=True, val_fraction=0.2, split_seed=0, shared_memory=False):
-        super().__init__(batch_size, num_workers, pin_memory, preload, shuffle, shared_memory, val_fraction)
+                 shuffle=True, val_fraction=0.2, split_seed=0, shared_memory=False, on_device=False):
+        super().__init__(batch_size, num_workers, pin_memory, preload, shuffle, shared_memory, val_fraction, on_device)
         self.path = self.resolve(path, cache_dir, f"digits_val{val_fraction:g}_seed{split_seed}.h5",
                                  lambda target: write_digits(target, val_fraction, split_seed))
         self.sizes = {}

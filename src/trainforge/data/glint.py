@@ -47,8 +47,8 @@ class GlintData(DataSpec):
 
     def __init__(self, path, cache_dir, batch_size, num_workers=0, pin_memory=False, preload=True,
                  shuffle=True, num_samples=1280, image_size=64, val_fraction=0.2, threshold=0.5,
-                 image_key="images", mask_key="masks", shared_memory=False):
-        super().__init__(batch_size, num_workers, pin_memory, preload, shuffle, shared_memory, val_fraction)
+                 image_key="images", mask_key="masks", shared_memory=False, on_device=False):
+        super().__init__(batch_size, num_workers, pin_memory, preload, shuffle, shared_memory, val_fraction, on_device)
         self.threshold, self.image_size, self.keys = threshold, image_size, (image_key, mask_key)
 
         def make(target):

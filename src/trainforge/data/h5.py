@@ -84,6 +84,10 @@ class H5Dataset(Dataset):
             self._map_shared()  # a spawned worker maps the shared copy by name
         return self._arrays
 
+    def arrays(self):
+        """The in-memory arrays (preloaded or shared), or None when the file is read lazily."""
+        return self._memory()
+
     def _h5(self):
         if self._file is None:
             self._file = h5py.File(self.path, "r")

@@ -190,8 +190,8 @@ class SeqSetData(DataSpec):
     def __init__(self, path, cache_dir, batch_size, num_workers=0, pin_memory=False, preload=True, shuffle=True,
                  num_patients=2000, num_variables=16, min_length=8, max_length=128, max_sequence_length=None,
                  val_fraction=0.2, bucket=False, shared_memory=False, layout="events", max_sets=None,
-                 mean_set_size=4.0, embed_dim=32):
-        super().__init__(batch_size, num_workers, pin_memory, preload, shuffle, shared_memory, val_fraction)
+                 mean_set_size=4.0, embed_dim=32, on_device=False):
+        super().__init__(batch_size, num_workers, pin_memory, preload, shuffle, shared_memory, val_fraction, on_device)
         for key, value in (("max_sequence_length", max_sequence_length), ("max_sets", max_sets)):
             if value is not None and value < 1:
                 raise DataError(f"data.{key}={value}: must be >= 1 (or null)")

@@ -9,17 +9,20 @@ from trainforge.errors import DataError
 class DataSpec:
     """Holds what ``build`` needs for the loaders (``batch_size``, ``num_workers``,
     ``pin_memory``, ``shuffle``, ``collate_fn``, ``bucket``) and what the datasets share
-    (``preload``, ``shared``, ``val_fraction``). Subclasses add ``train_set()``,
-    ``val_set()`` and ``metrics()``."""
+    (``preload``, ``shared``, ``val_fraction``, ``on_device``). Subclasses add ``train_set()``,
+    ``val_set()`` and ``metrics()``; a data set whose datasets have ``arrays()`` (fixed-shape
+    in-memory tensors) supports ``on_device`` (``data/device.py``)."""
 
     collate_fn = None
     bucket = False
 
-    def __init__(self, batch_size, num_workers, pin_memory, preload, shuffle, shared_memory, val_fraction):
+    def __init__(self, batch_size, num_workers, pin_memory, preload, shuffle, shared_memory, val_fraction,
+                 on_device=False):
         if not 0.0 < val_fraction < 1.0:
             raise DataError(f"data.val_fraction={val_fraction}: must be between 0 and 1")
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.preload, self.shuffle, self.shared, self.val_fraction = preload, shuffle, shared_memory, val_fraction
+        self.on_device = on_device
 
     @staticmethod
     def resolve(path, cache_dir, name: str, make) -> Path:

@@ -10,17 +10,35 @@ from trainforge.errors import ConfigError
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_precision(mode: str, device: torch.device, bf16_supported: bool | None = None) -> str:
-    """auto: bf16 on a CUDA GPU that supports it, fp32 otherwise (the CPU included).
+# precision=auto picks bf16 from this many trainable parameters up (see auto_precision)
+BF16_MIN_PARAMS = 1_000_000
 
-    ``bf16_supported`` is the GPU's capability; None asks torch (only for a CUDA device)."""
+
+def auto_precision(device_type: str, bf16_supported: bool, num_params: int, compiled: bool = False) -> str:
+    """The rule behind ``precision=auto``, decided without measuring anything.
+
+    bf16 autocast only on a CUDA GPU that supports it, and only where it pays: a compiled
+    model (compile fuses the casts that autocast adds) or one with at least
+    ``BF16_MIN_PARAMS`` parameters (enough work per kernel for bf16 matmuls and convs to
+    win). fp32 otherwise, and always on CPU. Measured on an H200 (hand loop): bf16 eager
+    made the 29k-parameter default UNet 0.72x as fast as fp32 (launch-bound: the casts are
+    extra kernels), the 1.9M-parameter wide UNet 1.11x; bf16 + compile 2.01x. fp16 is
+    never automatic (it needs a GradScaler and can overflow).
+    """
+    if device_type != "cuda" or not bf16_supported:
+        return "fp32"
+    return "bf16" if compiled or num_params >= BF16_MIN_PARAMS else "fp32"
+
+
+def resolve_precision(mode: str, device: torch.device, num_params: int = 0, compiled: bool = False,
+                      bf16_supported: bool | None = None) -> str:
+    """``mode`` itself, or for ``auto`` the choice of :func:`auto_precision`;
+    ``bf16_supported`` is the GPU's capability (None asks torch, for a CUDA device)."""
     if mode != "auto":
         return mode
-    if device.type != "cuda":
-        return "fp32"
     if bf16_supported is None:
-        bf16_supported = torch.cuda.is_bf16_supported()
-    return "bf16" if bf16_supported else "fp32"
+        bf16_supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return auto_precision(device.type, bf16_supported, num_params, compiled)
 
 
 class Precision:
@@ -28,8 +46,8 @@ class Precision:
     ``step(opt) -> bool`` (False when the fp16 scaler skipped the update). fp16 works on
     CPU too (torch's CPU autocast and GradScaler), which is how CI exercises it."""
 
-    def __init__(self, mode: str, device: torch.device):
-        self.mode = resolve_precision(mode, device)
+    def __init__(self, mode: str, device: torch.device, num_params: int = 0, compiled: bool = False):
+        self.mode = resolve_precision(mode, device, num_params, compiled)
         if self.mode not in DTYPES:
             raise ConfigError(f"trainer.precision={mode}: allowed values are auto, fp32, bf16, fp16")
         if self.mode == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():

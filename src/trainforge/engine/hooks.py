@@ -16,7 +16,8 @@ import torch
 
 from trainforge.engine import distributed as dist
 from trainforge.engine.checkpoint import CheckpointManager, LATEST
-from trainforge.engine.logging import LOGGER, BatchCSV, batch_line, epoch_block, flatten, write_epoch_files
+from trainforge.engine.logging import (LOGGER, BatchCSV, batch_line, epoch_block, flatten, flush_handlers,
+                                      write_epoch_files)
 from trainforge.engine.rng import RNGState
 from trainforge.engine.trainer import HookBase, to_device
 
@@ -95,7 +96,7 @@ class LoggingHook(HookBase):
             on_grid = self.progress and (batch % self.interval == 0 or batch == self.first)
             if rec["nonfinite"] and t.on_nonfinite == "skip":
                 line += f" - skipped update ({t.consecutive_nonfinite} consecutive)"
-            log.info(line, extra={"console": on_grid or rec["nonfinite"]})
+            log.info(line, extra={"console": on_grid or rec["nonfinite"], "batch": True})
             if self.batch_csv is not None:
                 self.batch_csv.add([rec["epoch"] + 1, batch, rec["step"], *rec["values"], rec["lr"]])
             self.last_lr = rec["lr"]
@@ -118,6 +119,7 @@ class LoggingHook(HookBase):
 
     def flush(self) -> None:
         self._write(self.trainer.collect(block=True))
+        flush_handlers()  # training.log holds every line the coming checkpoint covers
         if self.batch_csv is not None:
             self.batch_csv.flush()
 

@@ -11,6 +11,7 @@ import datetime
 import io
 import logging
 import sys
+import time
 from pathlib import Path
 
 from trainforge.engine.checkpoint import atomic_json, atomic_write
@@ -59,6 +60,38 @@ class _LogFile(logging.FileHandler):
         super().handleError(record)
 
 
+class BatchedFileHandler(_LogFile):
+    """``training.log`` without a flush per batch line: records marked ``batch=True`` stay in
+    the file's buffer until the next other record, ``FLUSH_S`` seconds, or an explicit
+    ``flush()`` (LoggingHook flushes before every checkpoint, so a crash loses no line the
+    last checkpoint covers)."""
+
+    FLUSH_S = 1.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._in_batch_emit, self._flushed = False, time.monotonic()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._in_batch_emit = getattr(record, "batch", False)
+        try:
+            super().emit(record)
+        finally:
+            self._in_batch_emit = False
+
+    def flush(self) -> None:
+        if self._in_batch_emit and time.monotonic() - self._flushed < self.FLUSH_S:
+            return
+        super().flush()
+        self._flushed = time.monotonic()
+
+
+def flush_handlers() -> None:
+    """Write out whatever the ``trainforge`` logger's handlers buffer."""
+    for handler in logging.getLogger(LOGGER).handlers:
+        handler.flush()
+
+
 def setup_logging(run_dir, main: bool = True) -> logging.Logger:
     """(Re)attach the handlers of the ``trainforge`` logger for one run directory."""
     log = logging.getLogger(LOGGER)
@@ -70,7 +103,7 @@ def setup_logging(run_dir, main: bool = True) -> logging.Logger:
     if not main:
         log.addHandler(logging.NullHandler())
         return log
-    file = _LogFile(Path(run_dir) / "training.log", mode="a", encoding="utf-8")
+    file = BatchedFileHandler(Path(run_dir) / "training.log", mode="a", encoding="utf-8")
     file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter("%(message)s"))

@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections import deque
 
 import torch
 
 from trainforge.engine import distributed as dist
 from trainforge.errors import NonFiniteLossError
+
+
+# without clipping, the gradient norm is measured on every this-many-th window (it costs
+# a few kernels and a fair amount of host work per measure; see BaseTrainer._grad_norm)
+GRAD_NORM_EVERY = 16
 
 
 def to_device(obj, device: torch.device):
@@ -52,54 +58,80 @@ class HookBase:
 
 
 class StepMeter:
-    """Per-step scalars moved to the host without stalling the GPU.
+    """Per-step scalars moved to the host in blocks, without stalling the GPU.
 
-    ``push`` starts a non-blocking copy into pinned memory and records an event; ``ready``
-    returns, in order, the records whose copy has landed (all of them with ``block``).
-    On CPU a record is ready at once.
+    ``push(meta, values)`` only keeps a reference to the step's device vector: no kernel,
+    no copy. On a GPU, every ``block`` steps (or ``max_lag_s`` seconds) the waiting vectors
+    are stacked and copied by one non-blocking transfer into a reused pinned buffer, with
+    one event; ``ready`` returns, in order, the records whose copy has landed (all of them,
+    after one wait, with ``block=True``). On CPU a record is ready at once.
+
+    ``lockstep`` (several ranks, which decide stops from these records): every rank must
+    see the same records at the same step, so blocks go only every ``block`` steps and
+    ``ready`` hands out every block but the newest, waiting for them if need be.
     """
 
-    def __init__(self, device: torch.device, lockstep: bool = False):
+    def __init__(self, device: torch.device, lockstep: bool = False, block: int = 32, max_lag_s: float = 0.5):
         self.cuda = device.type == "cuda"
-        # with several ranks every rank must see the same records at the same step (they
-        # decide stops from them): all but the newest, waiting for them if need be
         self.lockstep = lockstep and self.cuda
-        self.pending: deque = deque()
+        self.block, self.max_lag_s = block, math.inf if self.lockstep else max_lag_s
+        self.queued: list = []  # (meta, values) not yet sent
+        self.inflight: deque = deque()  # (metas, host rows, event)
+        self.free: list = []  # pinned (block, k) buffers to reuse
+        self.sent_at = time.monotonic()
 
     def push(self, meta: dict, values: torch.Tensor) -> None:
-        event = None
-        if self.cuda:
-            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-            host.copy_(values, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            values = host
-        self.pending.append((meta, values, event))
+        self.queued.append((meta, values))
+        if self.cuda and (len(self.queued) >= self.block or time.monotonic() - self.sent_at > self.max_lag_s):
+            self._send()
+
+    def _send(self) -> None:
+        if not self.queued:
+            return
+        metas, rows = zip(*self.queued)
+        self.queued = []
+        stacked = torch.stack(rows)
+        host = self.free.pop() if self.free else None
+        if host is None or host.shape[1] != stacked.shape[1]:
+            host = torch.empty((self.block, stacked.shape[1]), dtype=stacked.dtype, pin_memory=True)
+        host[: len(metas)].copy_(stacked, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.inflight.append((metas, host, event))
+        self.sent_at = time.monotonic()
 
     def ready(self, block: bool = False) -> list:
+        if not self.cuda:
+            out = [{**meta, "values": values.tolist()} for meta, values in self.queued]
+            self.queued = []
+            return out
+        if block:
+            self._send()
         out = []
-        while self.pending:
-            meta, values, event = self.pending[0]
-            if self.lockstep and not block:
-                if len(self.pending) == 1:
-                    break
-            elif event is not None and not block and not event.query():
+        while self.inflight:
+            metas, host, event = self.inflight[0]
+            if not block and (len(self.inflight) == 1 if self.lockstep else not event.query()):
                 break
-            if event is not None:
-                event.synchronize()
-            self.pending.popleft()
-            out.append({**meta, "values": values.tolist()})
+            event.synchronize()
+            self.inflight.popleft()
+            out += [{**meta, "values": row} for meta, row in zip(metas, host[: len(metas)].tolist())]
+            self.free.append(host)
         return out
 
 
 class EpochStats:
     """Running sums, min and max of the epoch's per-step scalars, kept on the device.
 
-    ``values`` per micro-batch are [loss, components..., grad_norm (NaN off the window
-    boundary)]. Micro-batches with a non-finite loss are counted in ``nonfinite`` and kept
-    out of the averages. One host read per epoch in ``summary``; tensors only in the
-    state, so a mid-epoch checkpoint carries the partial epoch exactly.
+    ``values`` per micro-batch are [loss, components..., grad_norm (NaN where not measured)].
+    Micro-batches with a non-finite loss are counted in ``nonfinite`` and kept out of the
+    averages. ``add`` launches nothing: it keeps the vector (by reference: do not change it
+    afterwards) and every ``FOLD`` micro-batches of the epoch folds the kept ones into the
+    sums with one batch of kernels. The fold points are fixed positions in the epoch and
+    the state holds the unfolded vectors, so a resumed epoch adds in the same order
+    (bitwise). One host read per epoch in ``summary``.
     """
+
+    FOLD = 64
 
     def __init__(self, names: tuple, device: torch.device):
         self.names, self.device = names, device
@@ -111,34 +143,62 @@ class EpochStats:
         self.counts = torch.zeros(k, dtype=torch.float64, device=dev)
         self.low = torch.full((), math.inf, dtype=torch.float64, device=dev)
         self.high = torch.full((), -math.inf, dtype=torch.float64, device=dev)
-        self.nonfinite = torch.zeros((), dtype=torch.float64, device=dev)
+        self.folded_nonfinite = torch.zeros((), dtype=torch.float64, device=dev)
+        self.rows: list = []
 
     def add(self, values: torch.Tensor) -> None:
-        values = values.double()
-        good = torch.isfinite(values[0])
-        seen = ~torch.isnan(values) & good  # a NaN grad_norm off the boundary means "no update"
-        self.sums += torch.where(seen, values, 0.0)
-        self.counts += seen
-        self.low = torch.minimum(self.low, torch.where(good, values[0], math.inf))
-        self.high = torch.maximum(self.high, torch.where(good, values[0], -math.inf))
-        self.nonfinite += ~good
+        self.rows.append(values)
+        if len(self.rows) == self.FOLD:
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self.rows:
+            return
+        values = torch.stack(self.rows).double()
+        self.rows = []
+        loss = values[:, 0]
+        good = torch.isfinite(loss)
+        seen = ~torch.isnan(values) & good[:, None]  # a NaN grad_norm means "not measured"
+        self.sums += torch.where(seen, values, 0.0).sum(0)
+        self.counts += seen.sum(0)
+        self.low = torch.minimum(self.low, torch.where(good, loss, math.inf).min())
+        self.high = torch.maximum(self.high, torch.where(good, loss, -math.inf).max())
+        self.folded_nonfinite += (~good).sum()
+
+    @property
+    def nonfinite(self) -> torch.Tensor:
+        """Micro-batches of the epoch so far with a non-finite loss (a device scalar)."""
+        if not self.rows:
+            return self.folded_nonfinite
+        return self.folded_nonfinite + (~torch.isfinite(torch.stack([r[0] for r in self.rows]))).sum()
 
     def summary(self) -> dict:
         """{loss, loss_min, loss_max, <component>..., grad_norm, nonfinite}: epoch averages
         over the finite micro-batches, and the count of non-finite ones."""
-        sums, counts = self.sums.tolist(), self.counts.tolist()
+        self._fold()
+        stacked = torch.cat([self.sums, self.counts, torch.stack([self.low, self.high, self.folded_nonfinite])])
+        values = stacked.tolist()  # the epoch's one host read
+        k = len(self.names)
+        sums, counts, (low, high, nonfinite) = values[:k], values[k:2 * k], values[2 * k:]
         avg = [s / c if c else math.nan for s, c in zip(sums, counts)]
-        out = {"loss": avg[0], "loss_min": self.low.item(), "loss_max": self.high.item()}
+        out = {"loss": avg[0], "loss_min": low, "loss_max": high}
         out.update(zip(self.names[1:], avg[1:]))
-        out["nonfinite"] = int(self.nonfinite.item())
+        out["nonfinite"] = int(nonfinite)
         return out
 
     def state_dict(self) -> dict:
-        return {k: getattr(self, k).cpu() for k in ("sums", "counts", "low", "high", "nonfinite")}
+        state = {"sums": self.sums, "counts": self.counts, "low": self.low, "high": self.high,
+                 "nonfinite": self.folded_nonfinite}
+        state = {k: v.cpu() for k, v in state.items()}
+        state["rows"] = torch.stack(self.rows).cpu() if self.rows else torch.zeros(0, len(self.names))
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("sums", "counts", "low", "high", "nonfinite"):
+        for key in ("sums", "counts", "low", "high"):
             setattr(self, key, state[key].to(self.device, torch.float64))
+        self.folded_nonfinite = state["nonfinite"].to(self.device, torch.float64)
+        rows = state.get("rows")
+        self.rows = list(rows.to(self.device).unbind(0)) if rows is not None and len(rows) else []
 
 
 class BaseTrainer:
@@ -151,10 +211,13 @@ class BaseTrainer:
     """
 
     def __init__(self, model, optimizer, scheduler, loss_fn, train_loader, sampler, precision, device,
-                 epochs, grad_accum=1, clip_grad=None, on_nonfinite="stop", max_nonfinite=10, hooks=()):
+                 epochs, grad_accum=1, clip_grad=None, on_nonfinite="stop", max_nonfinite=10, hooks=(),
+                 grad_norm_every=GRAD_NORM_EVERY):
         self.model, self.optimizer, self.scheduler, self.loss_fn = model, optimizer, scheduler, loss_fn
         self.train_loader, self.sampler, self.precision, self.device = train_loader, sampler, precision, device
         self.epochs, self.grad_accum, self.clip_grad = epochs, grad_accum, clip_grad
+        self.grad_norm_every = grad_norm_every
+        self._no_norm = torch.full((), math.nan, device=device)  # grad_norm where none was measured
         self.on_nonfinite, self.max_nonfinite, self.consecutive_nonfinite = on_nonfinite, max_nonfinite, 0
         # skip without a host sync: fused optimizers skip on device when found_inf is set
         self.device_skip = getattr(optimizer, "_step_supports_amp_scaling", False)
@@ -207,9 +270,9 @@ class BaseTrainer:
             with self.precision.autocast():
                 output = self.model(inputs)
             loss, parts = self.loss_fn(output, target)
-            self.precision.backward(loss * weight)
+            self.precision.backward(loss if weight == 1.0 else loss * weight)  # x1.0 is exact: skip the kernel
         lr = self.optimizer.param_groups[0]["lr"]  # the LR this window's update uses
-        grad_norm = self._update() if self.at_boundary() else torch.full_like(loss, float("nan"))
+        grad_norm = self._update() if self.at_boundary() else self._no_norm
         values = torch.stack([loss.detach().float(), *(parts[k].detach().float() for k in self.component_names),
                               grad_norm.float()])
         values = dist.weighted_mean(values, len(target))  # the global batch's values, on every rank
@@ -219,13 +282,14 @@ class BaseTrainer:
 
     def _update(self) -> torch.Tensor:
         """Unscale, clip (global norm), step; the scheduler only follows real updates.
+        Returns the gradient norm before clipping, or NaN where it is not measured
+        (see ``_grad_norm``).
 
         With ``on_nonfinite=skip`` a window whose gradient norm is not finite makes no
         update: fused optimizers skip it on the device (``found_inf``), others after one
         host read. The schedule still advances (the window consumed its slot)."""
         self.precision.unscale_(self.optimizer)
-        max_norm = self.clip_grad if self.clip_grad is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm).detach()
+        grad_norm = self._grad_norm()
         if self.on_nonfinite == "skip" and not self.precision.scaler.is_enabled():  # fp16's scaler skips itself
             if self.device_skip:
                 self.optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
@@ -241,6 +305,20 @@ class BaseTrainer:
             self.scheduler.step()
             self.step += 1
         return grad_norm
+
+    def _grad_norm(self) -> torch.Tensor:
+        """The global gradient norm (before clipping), computed only where it is used:
+        every window when clipping or ``on_nonfinite=skip`` needs it or ``grad_norm_every``
+        is 1 (per-batch metrics), else the first window of the epoch and every
+        ``grad_norm_every``-th after it (the epoch's ``grad_norm`` is their mean).
+        Elsewhere NaN: not measured."""
+        if self.clip_grad is not None:
+            return torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad).detach()
+        window = (self.batch_in_epoch - 1) // self.grad_accum
+        if self.on_nonfinite == "skip" or window % self.grad_norm_every == 0:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            return torch.nn.utils.get_total_norm(grads).detach() if grads else self._no_norm.new_zeros(())
+        return self._no_norm
 
     # ---- helpers for the step and the hooks ----
     def _sync_context(self):

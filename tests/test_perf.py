@@ -1,0 +1,110 @@
+"""The cheap hot path (issue 10): data on the device, torch.compile, precision=auto, no
+host sync per step. Speed itself is measured by scripts/bench_overhead.py, not here."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import SMALL
+from trainforge.build import build
+from trainforge.data.device import DeviceLoader
+from trainforge.engine.amp import BF16_MIN_PARAMS, auto_precision
+from trainforge.engine.checkpoint import load_checkpoint
+from trainforge.errors import DataError
+
+
+def test_auto_precision_picks_bf16_only_where_it_pays():
+    wide, small = 1_926_433, 29_481  # wide UNet (base 32, depth 3) and the default UNet
+    assert auto_precision("cuda", True, wide) == "bf16"
+    assert auto_precision("cuda", True, small) == "fp32"  # launch-bound: bf16's casts cost more than they save
+    assert auto_precision("cuda", True, small, compiled=True) == "bf16"  # compile fuses the casts
+    assert auto_precision("cuda", True, BF16_MIN_PARAMS - 1) == "fp32"
+    assert auto_precision("cuda", False, wide, compiled=True) == "fp32"  # no bf16 on this GPU
+    assert auto_precision("cpu", True, 10 ** 9, compiled=True) == "fp32"
+
+
+def fitted(compose_cfg, tmp_path, name, *overrides):
+    trainer = build(compose_cfg(*SMALL, "trainer.epochs=2", *overrides), tmp_path / name)
+    trainer.fit()
+    return trainer
+
+
+def test_data_on_device_gives_identical_losses_and_weights(compose_cfg, tmp_path):
+    host = fitted(compose_cfg, tmp_path, "host")
+    dev = fitted(compose_cfg, tmp_path, "dev", "data.on_device=true")
+    assert isinstance(dev.train_loader, DeviceLoader) and not isinstance(host.train_loader, DeviceLoader)
+    assert dev.batches_per_epoch == host.batches_per_epoch == 8
+    strip = lambda h: [{k: v for k, v in r.items() if k != "epoch_time"} for r in h]  # noqa: E731
+    assert strip(dev.history) == strip(host.history)  # every train and val figure, bitwise
+    wd, wh = dev.model.state_dict(), host.model.state_dict()
+    assert all(torch.equal(wd[k], wh[k]) for k in wh)
+
+
+def test_device_loader_fetches_each_batch_by_one_index_op_in_sampler_order():
+    from trainforge.data.sampler import EpochSampler
+
+    x, y = torch.arange(10.0).view(10, 1), torch.arange(10)
+    sampler = EpochSampler(10, seed=3)
+    sampler.load_state_dict({"epoch": 1, "position": 4})  # a resumed epoch: the first 4 are consumed
+    batches = list(DeviceLoader((x, y), sampler, 4, torch.device("cpu")))
+    order = sampler.order(1)[4:]
+    assert [len(b[1]) for b in batches] == [4, 2]
+    assert torch.equal(torch.cat([b[1] for b in batches]), order) and torch.equal(batches[0][0][:, 0], order[:4].float())
+
+
+def test_data_on_device_refuses_what_cannot_live_there(compose_cfg, tmp_path):
+    with pytest.raises(DataError, match="data.on_device=true: needs data.preload=true"):
+        build(compose_cfg(*SMALL, "data.on_device=true", "data.preload=false"), tmp_path / "lazy")
+    with pytest.raises(DataError, match="SeqSetData has no fixed-shape arrays"):
+        build(compose_cfg("experiment=seqset", "data.num_patients=50", "data.on_device=true"), tmp_path / "seq")
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_model_trains_saves_plain_state_and_resumes_either_way(train, tmp_path, backend):
+    """torch.compile on CPU, a tiny CNN on digits. aot_eager traces forward and backward
+    like inductor but generates no code (seconds); inductor (gcc) takes minutes on 2 cores."""
+    run = tmp_path / "run"
+    tiny = ["experiment=digits", "model.channels=4", "data.batch_size=256", "log.progress=false",
+            f"trainer.compile_backend={backend}"]
+    train(*tiny, "trainer.compile=true", "trainer.epochs=1", f"hydra.run.dir={run}", timeout=900)
+    ckpt = load_checkpoint(run / "latest_checkpoint.pth")
+    assert ckpt["model"] and not any(k.startswith("_orig_mod.") or ".module." in k for k in ckpt["model"])
+    log = (run / "training.log").read_text()
+    assert log.count("torch.compile warm-up: the first step took") == 1
+    train(f"resume={run}", "trainer.epochs=2", "trainer.compile=false")  # compiled -> plain
+    plain = load_checkpoint(run / "latest_checkpoint.pth")
+    assert plain["epoch"] == 2 and plain["model"].keys() == ckpt["model"].keys()
+    train(f"resume={run}", "trainer.epochs=3", "trainer.compile=true", timeout=900)  # plain -> compiled
+    assert load_checkpoint(run / "latest_checkpoint.pth")["epoch"] == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the sync check is a GPU property")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_no_host_sync_inside_an_epoch_on_gpu(compose_cfg, tmp_path, precision):
+    """Every micro-batch of an epoch (step + per-step hooks) under sync debug mode "error";
+    only the epoch boundary (summary, files, validation) may read from the device."""
+    trainer = build(compose_cfg(*SMALL, "trainer.device=cuda", f"trainer.precision={precision}",
+                                "data.num_samples=640", "trainer.epochs=2"), tmp_path / precision)
+    trainer.fit()  # epoch 1: warm-up (cuDNN autotuning, allocator, first copies)
+    trainer.epochs, trainer.epoch, trainer.batch_in_epoch = 3, 2, 0
+    trainer.sampler.set_epoch(trainer.epoch)
+    trainer.stats.reset()
+    trainer._call("before_epoch")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in trainer.train_loader:
+            trainer.run_step(batch)
+            trainer._call("after_step")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert trainer.batches_per_epoch == 32 and trainer.batch_in_epoch == 32
+    trainer._call("after_epoch")
+    assert trainer.history[-1]["epoch"] == 3
+
+
+def test_unknown_compile_backend_is_one_clear_error(compose_cfg, tmp_path):
+    from trainforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.compile_backend=nope: not a torch.compile backend"):
+        build(compose_cfg(*SMALL, "trainer.compile=true", "trainer.compile_backend=nope"), tmp_path / "run")
