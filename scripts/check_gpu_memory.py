@@ -26,7 +26,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="tf_gpumem_"))
     run = tmp / "run"
     tb = importlib.util.find_spec("tensorboard") is not None
-    env = dict(os.environ, TRAINFORGE_DATA_DIR=str(tmp / "data"), PYTHONPATH=str(ROOT / "src"))
+    env = dict(os.environ, TRAINFORGE_DATA_DIR=str(tmp / "data"), PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
     args = ["data.num_samples=320", "data.image_size=64", "trainer.epochs=2", "trainer.device=cuda",
             "log.progress=lines", f"log.tensorboard={str(tb).lower()}", f"hydra.run.dir={run}"]
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], env=env, capture_output=True, text=True,

@@ -10,6 +10,7 @@ Prints one line per check and ``ALL OK``; exits 1 at the first op that synchroni
 from __future__ import annotations
 
 import sys
+import traceback
 import tempfile
 import time
 from pathlib import Path
@@ -68,6 +69,7 @@ def main() -> int:
         except RuntimeError as e:
             torch.cuda.set_sync_debug_mode(0)
             print(f"FAIL train step synchronises: {str(e).splitlines()[0]}")
+            traceback.print_exc()
             return 1
         torch.cuda.set_sync_debug_mode(0)
         torch.cuda.synchronize()
@@ -89,6 +91,7 @@ def main() -> int:
         except RuntimeError as e:
             torch.cuda.set_sync_debug_mode(0)
             print(f"FAIL validation accumulation synchronises: {str(e).splitlines()[0]}")
+            traceback.print_exc()
             return 1
         torch.cuda.set_sync_debug_mode(0)
         print(f"OK   {len(val)} validation batches accumulated with no host sync")

@@ -85,7 +85,7 @@ class ELBOLoss(nn.Module):
         recon = chamfer(out["recon"].float(), out["target"].float(), out["target_mask"]).mean()
         kl_d = kl_per_dim(out["mu"].float(), out["logvar"].float()).mean(0)
         kl_term = self.beta * kl_d.clamp_min(self.free_bits).sum()
-        pw = None if self.pos_weight is None else torch.tensor(self.pos_weight, device=target.device)
+        pw = None if self.pos_weight is None else target.new_full((), float(self.pos_weight))  # no host copy
         cls = F.binary_cross_entropy_with_logits(out["logit"].float(), target.float(), pos_weight=pw)
         total = self.recon_weight * recon + kl_term + self.cls_weight * cls
         return total, {"recon": recon, "kl": kl_d.sum(), "kl_term": kl_term, "cls": cls, "beta": self.beta}

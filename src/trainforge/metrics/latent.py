@@ -43,7 +43,7 @@ class LatentStats:
         mu, logvar = output["mu"].double(), output["logvar"].double()
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
         sums = torch.stack([kl.sum(0), mu.sum(0), mu.pow(2).sum(0)])
-        count = torch.tensor(float(len(mu)), dtype=torch.float64, device=mu.device)
+        count = mu.new_full((), float(len(mu)), dtype=torch.float64)  # a fill kernel: no host-to-device copy
         self._sums = sums if self._sums is None else self._sums + sums
         self._count = count if self._count is None else self._count + count
 
