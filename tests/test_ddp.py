@@ -88,9 +88,9 @@ def test_two_ranks_equal_one_process_with_the_global_batch(train, env, tmp_path)
     assert torchrun.stdout.count("Epoch [1/1] done") == 1  # rank 0 alone prints
 
 
-def start(env, cwd, *args, **kw):
+def start(env, cwd, *args, stdout=subprocess.DEVNULL):
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=stdout, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_line(log: Path, proc, text: str, timeout=240) -> str:
@@ -116,11 +116,16 @@ def test_two_ranks_resume_exactly_also_after_sigterm_to_the_parent(train, env, t
                            for r in csv.DictReader(open(p / name))]
         assert strip(straight) == strip(split)
 
-    proc = start(env, tmp_path, *args, "trainer.epochs=2", f"hydra.run.dir={stopped}")
-    wait_for_line(stopped / "training.log", proc, "Epoch [1/2] - Progress 18.8% (3/16)")
+    # training.log is written in blocks: watch rank 0's stdout lines to signal mid-epoch
+    lines = [a for a in args if not a.startswith("log.progress")] + ["log.progress=lines"]
+    proc = start(env, tmp_path, *lines, "trainer.epochs=2", f"hydra.run.dir={stopped}", stdout=subprocess.PIPE)
+    for line in proc.stdout:
+        if "Epoch [1/2] - Progress 18.8% (3/16)" in line:
+            break
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == Preempted.EXIT_CODE
-    err = proc.stderr.read().strip().splitlines()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == Preempted.EXIT_CODE
+    err = err.strip().splitlines()
     assert len(err) == 1 and "SIGTERM" in err[0], err
     assert json.loads((stopped / "status.json").read_text())["status"] == "PREEMPTED"
     log = (stopped / "training.log").read_text()
@@ -165,7 +170,7 @@ def rank_pids(log: Path) -> list:
 def test_a_rank_killed_mid_epoch_fails_the_run_and_leaves_no_process(env, tmp_path):
     run = tmp_path / "run"
     proc = start(env, tmp_path, *DET, "data.num_samples=800", "data.batch_size=8", "trainer.devices=2",
-                 "trainer.epochs=1", "data.num_workers=1", "trainer.ddp_timeout=30", f"hydra.run.dir={run}")
+                 "trainer.epochs=3", "data.num_workers=1", "trainer.ddp_timeout=30", f"hydra.run.dir={run}")
     wait_for_line(run / "training.log", proc, "(3/40)")
     pids = rank_pids(run / "training.log")
     os.kill(pids[1], signal.SIGKILL)
@@ -198,7 +203,8 @@ def test_processes_with_slurm_variables_train_as_one_run(env, tmp_path):
 def test_rank_environment(monkeypatch):
     assert first_host("gpu[03-05,9],cpu1") == "gpu03" and first_host("node7") == "node7"
     for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")  # recorded, so the variables env_ranks() exports are removed afterwards
+        monkeypatch.delenv(key)
     monkeypatch.setenv("SLURM_NTASKS", "1")
     monkeypatch.setenv("SLURM_PROCID", "0")
     assert env_ranks() is None  # a one-task job is no DDP run

@@ -84,8 +84,14 @@ def spawn(cfg_yaml: str, run_dir: Path, overrides: list, ckpt_path, n: int, on_g
             env.pop(key, None)  # our ranks, not the scheduler's
         if visible is not None:  # each rank sees the job's GPUs and takes cuda:<local rank>
             env["CUDA_VISIBLE_DEVICES"] = ",".join(visible)
+        # rank 0 shows its output (log lines, progress bar); the others' go to a file the
+        # parent copies into training.log if the run fails (their loader workers' noise included)
+        err = None if r == 0 else open(workdir / f"rank{r}.stderr", "wb")
         procs.append(subprocess.Popen([sys.executable, "-m", "trainforge.launch", str(spec), str(workdir)],
-                                      env=env, start_new_session=True))
+                                      env=env, start_new_session=True, stdout=subprocess.DEVNULL if r else None,
+                                      stderr=err))
+        if err is not None:
+            err.close()
     log.info("Launched %d ranks (pids %s)", n, ", ".join(str(p.pid) for p in procs))
     previous = _forward_signals(procs)
     try:
@@ -177,6 +183,10 @@ def _conclude(codes, workdir: Path, run_dir: Path, previous: dict, log) -> None:
     if tracebacks.get(rank):
         log.error("rank %d failed: %s\n%s", rank, why, tracebacks[rank], extra={"console": False})
         line += " (traceback in training.log)"
+    for r in range(1, len(codes)):
+        stderr = workdir / f"rank{r}.stderr"
+        if stderr.exists() and stderr.stat().st_size:
+            log.error("rank %d stderr:\n%s", r, stderr.read_text(errors="replace")[-20000:], extra={"console": False})
     status = json.loads((run_dir / STATUS).read_text()) if (run_dir / STATUS).exists() else {}
     if status.get("status") in (None, "RUNNING"):
         write_status(run_dir, "FAILED", error=line, failed_rank=rank, started=status.get("started"),
