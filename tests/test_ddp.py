@@ -99,7 +99,7 @@ def wait_for_line(log: Path, proc, text: str, timeout=240) -> str:
         content = log.read_text() if log.exists() else ""
         if text in content:
             return content
-        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.stderr.read()[-2000:]}"
         assert time.time() < deadline
         time.sleep(0.02)
 
