@@ -133,7 +133,7 @@ def test_sweep_overlays_and_ranked_comparison_with_failed_jobs(sweep_dir, capsys
     assert {r["job"]: float(r["best_val_dice"]) for r in ranked} == truth
 
     label = {"0": "trainer.epochs=2 loss=focal", "1": "trainer.epochs=2 loss=hybrid"}
-    runs = [analyze.load_run(p) for p in analyze.job_dirs(sweep_dir)]
+    runs = analyze.sweep_runs(sweep_dir)
     assert analyze.labels(runs)["1"] == label["1"]
     figs = plots.sweep_figures(runs, analyze.labels(runs))
     for metric in ("train_loss", "val_loss", "val_dice", "lr", "epoch_time"):

@@ -266,6 +266,28 @@ def job_dirs(path: Path) -> list:
     return sorted(jobs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
 
 
+def sweep_runs(path: Path, batch_metrics: bool = False) -> list:
+    """The sweep's jobs: every run directory, plus the jobs ``summary.csv`` lists whose
+    directory holds no run (a job refused at the door writes nothing but ``.hydra/``)."""
+    runs = [load_run(p, batch_metrics) for p in job_dirs(path)]
+    seen, summary = {r.name for r in runs}, path / "summary.csv"
+    if not summary.exists():
+        return runs
+    import pandas as pd
+
+    for row in pd.read_csv(summary, dtype=str, keep_default_na=False).to_dict("records"):
+        job = str(row.get("job"))
+        if job in seen or not (path / job).is_dir():
+            continue
+        run = load_run(path / job, batch_metrics)
+        error = row.get("error")
+        run.status = {"status": row.get("status") or "unknown", "error": error if isinstance(error, str) else ""}
+        if runs:  # no config.yaml: rank it by the sweep's monitor
+            run.monitor, run.mode = runs[0].monitor, runs[0].mode
+        runs.append(run)
+    return sorted(runs, key=lambda r: (not r.name.isdigit(), int(r.name) if r.name.isdigit() else 0, r.name))
+
+
 def labels(runs: list) -> dict:
     """Job name -> the overrides that differ between jobs (those shared by all say nothing)."""
     shared = set.intersection(*(set(r.overrides) for r in runs)) if runs else set()
@@ -304,7 +326,7 @@ def comparison(runs: list):
 def analyze_sweep(path: Path, batch_metrics: bool, window: int | None, out=print) -> dict:
     from trainforge import plots
 
-    runs = [load_run(p, batch_metrics) for p in job_dirs(path)]
+    runs = sweep_runs(path, batch_metrics)
     table, monitor, mode = comparison(runs)
     table.to_csv(path / "comparison.csv", index=False)
     figures = plots.sweep_figures(runs, labels(runs), batch_metrics, window)
