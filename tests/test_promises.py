@@ -24,7 +24,7 @@ from trainforge.build import build
 from trainforge.data import EpochSampler
 from trainforge.data.glint import make_glint
 from trainforge.engine.checkpoint import CheckpointManager, load_checkpoint
-from trainforge.errors import ConfigError, Preempted
+from trainforge.errors import WriteError, ConfigError, Preempted
 
 DET = ["log.progress=false", "trainer.deterministic=true"]
 
@@ -61,7 +61,7 @@ def test_a_save_that_fails_deletes_no_older_checkpoint(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint.os, "replace", disk_full)  # nothing new can be committed
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match="No space left"):
         mgr.save_epoch(2, 0.4, {}, {"model": {}, "epoch": 2}, {"w": torch.ones(1)})
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / "checkpoints/checkpoint_epoch_001.pth")["epoch"] == 1
