@@ -95,17 +95,20 @@ def _flat(cfg) -> dict:
     return out
 
 
-def check_drift(saved_yaml: str, cfg, force: bool, world=(1, 1)) -> list:
+def check_drift(saved_yaml: str, cfg, force: bool, world=None) -> list:
     """Refuse a resume whose config changes the experiment (model, data, batch size, loss,
     optimizer type, world size, accumulation) unless ``force``; return the other changes.
     ``world`` is (the checkpoint's world size, this run's): the number of ranks, however
-    started (``trainer.devices``, torchrun, SLURM), is what must match."""
+    started (``trainer.devices``, torchrun, SLURM), is what must match; without it the
+    configs' ``trainer.devices`` stands for it."""
     old = _flat(OmegaConf.to_container(OmegaConf.create(saved_yaml), resolve=False))
     new = _flat(OmegaConf.to_container(cfg, resolve=True))
     changes = [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
                if old.get(k) != new.get(k) and not k.startswith(OWN_KEYS)]
     structural = [c for c in changes if c[0].startswith(STRUCTURAL) and not c[0].startswith(LOADING)]
-    if world[0] != world[1]:
+    if world is None:  # the configs alone: trainer.devices stands for the number of ranks
+        structural += [c for c in changes if c[0] == "trainer.devices"]
+    elif world[0] != world[1]:
         structural.append(("world size (trainer.devices)", world[0], world[1]))
         changes.append(structural[-1])
     if structural and not force:
