@@ -326,6 +326,7 @@ def test_finetune_without_init_weights_is_refused_at_the_door(compose_cfg):
     validate(compose_cfg("experiment=seqsetvae_finetune", "model.init_weights=w.pt"))
 
 
+@pytest.mark.slow  # CI time: the same path is covered by other sweep tests
 def test_sweep_over_beta(train, tmp_path):
     sweep = tmp_path / "sweep"
     train("-m", *TINY, "trainer.epochs=1", "loss.beta=0.05,4.0", f"hydra.sweep.dir={sweep}")

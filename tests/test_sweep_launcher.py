@@ -179,6 +179,7 @@ def test_sigterm_stops_every_job_and_the_rerun_finishes_the_sweep(env, tmp_path)
     assert [r["status"] for r in summary(tmp_path)] == ["COMPLETED"] * 3
 
 
+@pytest.mark.slow  # CI time: the same path is covered by other sweep tests
 def test_a_rerun_with_other_overrides_is_refused(env, tmp_path):
     (tmp_path / "sweep/0/.hydra").mkdir(parents=True)
     (tmp_path / "sweep/0/.hydra/overrides.yaml").write_text("- seed=7\n")
