@@ -320,10 +320,12 @@ def test_finetune_warm_starts_freezes_the_encoder_and_scales_the_head_lr(train, 
 
 
 
-def test_finetune_without_init_weights_is_refused_at_the_door(compose_cfg):
+def test_finetune_without_init_weights_is_refused_at_the_door(compose_cfg, tmp_path):
     with pytest.raises(ConfigError, match="model.init_weights"):
         validate(compose_cfg("experiment=seqsetvae_finetune"))
-    validate(compose_cfg("experiment=seqsetvae_finetune", "model.init_weights=w.pt"))
+    weights = tmp_path / "w.pt"  # the door checks that the file exists
+    torch.save({}, weights)
+    validate(compose_cfg("experiment=seqsetvae_finetune", f"model.init_weights={weights}"))
 
 
 @pytest.mark.slow  # CI time: the same path is covered by other sweep tests

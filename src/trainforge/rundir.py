@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 from trainforge.errors import ConfigError
@@ -29,10 +30,18 @@ class RunLock:
 
     def __enter__(self) -> "RunLock":
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        deadline = time.monotonic() + ORPHAN_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                # a killed run's DataLoader workers inherit the lock until they notice (a few
+                # seconds): wait for them when the process that stamped the lock is gone
+                if _gone(holder) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
             os.close(fd)
             raise ConfigError(f"{self.key}={self.path.parent}: already holds a run that {holder} is "
                               "training right now; wait for it, or choose another directory") from None
@@ -49,6 +58,23 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)  # closing releases the flock
             self.fd = None
+
+
+ORPHAN_WAIT_S = 15.0
+
+
+def _gone(holder: str) -> bool:
+    """Whether the stamp ``pid N on HOST`` names a process of this host that has ended."""
+    parts = holder.split()
+    if len(parts) != 4 or parts[0] != "pid" or parts[3] != socket.gethostname():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError):
+        return False
+    return False
 
 
 def holds_run(run_dir) -> bool:
