@@ -145,18 +145,12 @@ def _wait(procs, grace_s: float = 10.0) -> list:
             if time.time() > deadline:
                 break
         time.sleep(0.05)
-    for p in procs:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        p.wait()
-    for p in procs:  # DataLoader workers of a rank that died on its own
+    for p in procs:  # every rank's group: ranks still running, and the loader workers of any rank
         try:
             os.killpg(p.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        p.wait()
     return codes
 
 

@@ -70,14 +70,19 @@ def atomic_write(path, write) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
+        _discard(tmp)
         if _os_fault(e):
             raise WriteError(path, e) from None
         raise
     _fsync_dir(path.parent)
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temp file of a failed write, if it can be (a full disk may refuse even that)."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def atomic_save(obj, path) -> None:
@@ -102,10 +107,7 @@ def publish(src: Path, dst: Path) -> None:
                 os.fsync(f.fileno())
         os.replace(tmp, dst)
     except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
+        _discard(tmp)
         raise WriteError(dst, e) from None
     _fsync_dir(dst.parent)
 
