@@ -56,6 +56,30 @@ def compose_cfg(data_dir, monkeypatch):
     return _compose
 
 
+@pytest.fixture
+def train_here(compose_cfg):
+    """Train in this process: ``train_here(run_dir, *overrides)`` composes the overrides over
+    conf/ and calls ``trainforge.train.run``, which is what train.py does once Hydra has
+    composed: the same run directory, files and checks, without the seconds a new Python
+    process costs to import torch. For what only the command line shows (exit codes,
+    stderr, signals, Hydra's own directories) use ``train``."""
+    import torch
+
+    from trainforge.train import run
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+
+    def _run(run_dir, *overrides):
+        compose_cfg()  # sets TRAINFORGE_DATA_DIR
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):  # a resume recomposes in it
+            cfg = compose(config_name="train", overrides=list(overrides))
+            return run(cfg, Path(run_dir), list(overrides))
+
+    yield _run
+    torch.set_num_threads(threads)  # what a run sets for its process
+    torch.use_deterministic_algorithms(deterministic)
+
+
 def contract(run_dir, batch_metrics=False) -> list:
     """Shortfalls of a run directory against DESIGN.md sections 3-5 (tests/contract.py)."""
     from contract import shortfalls

@@ -30,8 +30,6 @@ def losses(run):
 def test_workers_preload_and_shared_memory_give_identical_losses(train, tmp_path, monkeypatch):
     monkeypatch.setenv("TRAINFORGE_SHM_DIR", str(tmp_path / "shm"))
     variants = {"w0_preload": ["data.num_workers=0", "data.preload=true"],
-                "w2_preload": ["data.num_workers=2", "data.preload=true"],
-                "w0_lazy": ["data.num_workers=0", "data.preload=false"],
                 "w2_lazy": ["data.num_workers=2", "data.preload=false", "data.pin_memory=true"],
                 "w2_shared": ["data.num_workers=2", "data.shared_memory=true"]}
     runs = {}

@@ -105,16 +105,9 @@ def wait_for_line(log: Path, proc, text: str, timeout=240) -> str:
 
 
 def test_two_ranks_resume_exactly_also_after_sigterm_to_the_parent(train, env, tmp_path):
-    straight, split, stopped = tmp_path / "straight", tmp_path / "split", tmp_path / "stopped"
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     args = [*DET, "data.num_samples=320", "data.batch_size=8", "trainer.devices=2"]  # 16 batches a rank
     train(*args, "trainer.epochs=2", f"hydra.run.dir={straight}")
-    train(*args, "trainer.epochs=1", f"hydra.run.dir={split}")
-    train(f"resume={split}", "trainer.epochs=2")
-    assert max_weight_diff(straight, split) == 0.0
-    for name in ("epoch_metrics.csv", "batch_metrics.csv"):
-        strip = lambda p: [{k: v for k, v in r.items() if k != "epoch_time"}  # noqa: E731
-                           for r in csv.DictReader(open(p / name))]
-        assert strip(straight) == strip(split)
 
     # training.log is written in blocks: watch rank 0's stdout lines to signal mid-epoch
     lines = [a for a in args if not a.startswith("log.progress")] + ["log.progress=lines"]
@@ -135,10 +128,13 @@ def test_two_ranks_resume_exactly_also_after_sigterm_to_the_parent(train, env, t
     assert len(ckpt["rng"]["ranks"]) == 2  # every rank's RNG
     train(f"resume={stopped}")
     assert max_weight_diff(straight, stopped) == 0.0
-    assert column(straight / "batch_metrics.csv", "loss") == column(stopped / "batch_metrics.csv", "loss")
+    for name in ("epoch_metrics.csv", "batch_metrics.csv"):  # every row, each batch once
+        strip = lambda p: [{k: v for k, v in r.items() if k != "epoch_time"}  # noqa: E731
+                           for r in csv.DictReader(open(p / name))]
+        assert strip(straight) == strip(stopped)
 
     # another world size is refused with a one-line diff, and continues from the global position when forced
-    refused = train(f"resume={split}", "trainer.devices=1", "trainer.epochs=3", check=False)
+    refused = train(f"resume={stopped}", "trainer.devices=1", "trainer.epochs=3", check=False)
     err = refused.stderr.strip().splitlines()
     assert refused.returncode == 2 and len(err) == 1 and "world size (trainer.devices) 2 -> 1" in err[0]
     train(f"resume={stopped}/checkpoints/checkpoint_epoch_001.pth", "trainer.devices=1", "+resume_force=true",

@@ -43,22 +43,21 @@ SCHEDULES = {
 
 
 @pytest.mark.parametrize("name", list(SCHEDULES))
-def test_lr_per_step_matches_closed_form(train, tmp_path, name):
+def test_lr_per_step_matches_closed_form(train_here, tmp_path, name):
     extra, expected = SCHEDULES[name]
     run = tmp_path / name
-    train(*SMALL, f"scheduler={name}", *extra, f"trainer.epochs={EPOCHS}", "log.batch_metrics=true",
-          f"hydra.run.dir={run}")
+    train_here(run, *SMALL, f"scheduler={name}", *extra, f"trainer.epochs={EPOCHS}", "log.batch_metrics=true")
     per_step = rows(run / "batch_metrics.csv")
     assert len(per_step) == SPE * EPOCHS
     for s, row in enumerate(per_step):
         assert math.isclose(float(row["lr"]), expected(s), rel_tol=1e-9), (s, row["lr"], expected(s))
 
 
-def test_schedule_counts_optimizer_steps_not_batches(train, tmp_path):
+def test_schedule_counts_optimizer_steps_not_batches(train_here, tmp_path):
     """With grad_accum=2 the same cosine curve is spread over half as many steps."""
     run = tmp_path / "accum"
-    train(*SMALL, "scheduler=cosine", "trainer.grad_accum=2", f"trainer.epochs={EPOCHS}",
-          "log.batch_metrics=true", f"hydra.run.dir={run}")
+    train_here(run, *SMALL, "scheduler=cosine", "trainer.grad_accum=2", f"trainer.epochs={EPOCHS}",
+               "log.batch_metrics=true")
     per_batch = rows(run / "batch_metrics.csv")
     total = SPE * EPOCHS // 2
     for i, row in enumerate(per_batch):
@@ -66,10 +65,10 @@ def test_schedule_counts_optimizer_steps_not_batches(train, tmp_path):
         assert math.isclose(float(row["lr"]), BASE * (1 + math.cos(math.pi * s / (total - 1))) / 2, rel_tol=1e-9)
 
 
-def test_plateau_reduces_after_patience_decided_after_validation(train, tmp_path):
+def test_plateau_reduces_after_patience_decided_after_validation(train_here, tmp_path):
     run = tmp_path / "plateau"
-    train(*SMALL, "scheduler=plateau", "scheduler.patience=1", "scheduler.factor=0.5", "optimizer=sgd", "optimizer.lr=1e-7",
-          "trainer.epochs=5", f"hydra.run.dir={run}")
+    train_here(run, *SMALL, "scheduler=plateau", "scheduler.patience=1", "scheduler.factor=0.5", "optimizer=sgd",
+               "optimizer.lr=1e-7", "trainer.epochs=5")
     epochs = rows(run / "epoch_metrics.csv")
     lr, best, bad = 1e-7, math.inf, 0
     for row in epochs:  # ReduceLROnPlateau's rule (mode=min, rel threshold 1e-4), written out

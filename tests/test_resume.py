@@ -44,7 +44,7 @@ def assert_same_run(a, b):
     assert ba == bb  # every batch exactly once, same values
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [pytest.param(0, marks=pytest.mark.slow), 2])  # CI time: [2] runs by default
 def test_two_epochs_then_resume_equals_four_straight(train, tmp_path, workers):
     straight, split = tmp_path / "straight", tmp_path / "split"
     args = [*QUICK, f"data.num_workers={workers}"]
@@ -70,7 +70,7 @@ def start(env, tmp_path, *args):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # CI time: [0] runs by default
 def test_sigkill_at_any_moment_then_resume_auto_is_exact(train, env, tmp_path, workers):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     args = [*LONG, "trainer.epochs=2", f"data.num_workers={workers}"]
@@ -125,15 +125,16 @@ def test_killed_while_saving_every_step_never_leaves_unloadable_latest(env, tmp_
     assert list(run.rglob(".*.tmp")) == []  # temp files of killed writers are swept up
 
 
-def test_resume_auto_falls_back_past_a_corrupt_latest(train, tmp_path):
+def test_resume_auto_falls_back_past_a_corrupt_latest(train_here, tmp_path):
     run = tmp_path / "run"
-    train(*QUICK, "trainer.epochs=2", f"hydra.run.dir={run}")
+    train_here(run, *QUICK, "trainer.epochs=2")
     latest = run / "latest_checkpoint.pth"
     latest.unlink()  # it is a hard link of the epoch-2 file: cut the link before truncating
     latest.write_bytes(b"\x00" * 100)
-    proc = train("resume=auto", "trainer.epochs=3", f"hydra.run.dir={run}")
-    assert "Skipping" in proc.stdout and "latest_checkpoint.pth" in proc.stdout
-    assert "checkpoint_epoch_002.pth at epoch 3" in proc.stdout
+    train_here(run, "resume=auto", "trainer.epochs=3")
+    log = (run / "training.log").read_text()
+    assert "Skipping" in log and "latest_checkpoint.pth" in log
+    assert "checkpoint_epoch_002.pth at epoch 3" in log
     assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1, 2, 3]
 
 
@@ -161,21 +162,23 @@ def test_config_drift_is_refused_unless_forced(train, tmp_path):
     assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1, 2]
 
 
-def test_warm_start_loads_weights_and_reports_keys(train, compose_cfg, tmp_path):
+def test_warm_start_loads_weights_and_reports_keys(train_here, compose_cfg, tmp_path):
     run = tmp_path / "run"
-    train(*QUICK, "trainer.epochs=1", f"hydra.run.dir={run}")
+    train_here(run, *QUICK, "trainer.epochs=1")
     weights = run / "best_model_weights.pt"
     cfg = compose_cfg(f"model.init_weights={weights}")
     model = build_model(cfg.model, warm_start=True)
     saved = torch.load(weights, weights_only=True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
-    proc = train(*QUICK, "trainer.epochs=1", f"model.init_weights={weights}", f"hydra.run.dir={tmp_path / 'ft'}")
-    assert "Warm start from" in proc.stdout and "0 missing keys" in proc.stdout
+    train_here(tmp_path / "ft", *QUICK, "trainer.epochs=1", f"model.init_weights={weights}")
+    log = (tmp_path / "ft" / "training.log").read_text()
+    assert "Warm start from" in log and "0 missing keys" in log
     wider = compose_cfg(f"model.init_weights={weights}", "model.base_channels=16")
     with pytest.raises(CheckpointError, match="shapes differ"):
         build_model(wider.model, warm_start=True)
 
 
+@pytest.mark.slow  # CI time: save-and-exit on a signal is covered above and in test_promises; this adds submitit's requeue
 def test_submitit_preemption_requeues_and_continues_exactly(train, env, tmp_path, monkeypatch):
     import submitit
 

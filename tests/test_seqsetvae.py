@@ -287,6 +287,7 @@ def test_collapsing_setting_warns_and_stop_ends_the_run(train, tmp_path):
     assert json.loads((run / "status.json").read_text())["status"] == "COMPLETED"
 
 
+@pytest.mark.slow  # CI time: beta is a closed form of the step (tested above) and resume is exact (test_resume)
 def test_beta_after_resume_equals_the_uninterrupted_run(train, tmp_path):
     common = [*TINY, "loss.warmup_steps=6", "loss.schedule=linear", "scheduler=none", "log.batch_metrics=true",
               "trainer.deterministic=true"]
