@@ -10,6 +10,9 @@ from trainforge.cli import guarded
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg):
+    from trainforge.config import validate
+
+    validate(cfg)  # a refused config fails in a second, before torch is imported
     from trainforge.train import run
 
     return run(cfg)

@@ -8,7 +8,6 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from trainforge.engine.logging import table_csv
 
 SUMMARY = "summary.csv"
 
@@ -42,6 +41,8 @@ def job_row(job, overrides: str, run_dir, status=None, error="", log="", gpus=""
 def write_summary(sweep_dir, rows: list) -> Path:
     path = Path(sweep_dir) / SUMMARY
     tmp = path.with_suffix(".tmp")
+    from trainforge.engine.logging import table_csv  # imports torch: not at start-up (Hydra loads this callback)
+
     tmp.write_text(table_csv(rows))
     tmp.replace(path)
     return path
