@@ -18,6 +18,8 @@ from trainforge.data import EpochSampler
 from trainforge.data.glint import make_glint
 from trainforge.data.seqset import SeqDataset, make_seqset, pad_collate
 from trainforge.data.shm import SharedArrays
+from trainforge.cli import one_line
+from trainforge.errors import DataError
 from trainforge.losses import BCELoss
 from trainforge.models import SeqEncoder
 
@@ -218,7 +220,7 @@ def test_digits_experiment_reaches_97_percent(train, tmp_path, data_dir):
 
 
 # ---- bad files --------------------------------------------------------------------------
-def test_missing_corrupt_and_misshaped_hdf5_give_one_line(train, tmp_path):
+def test_missing_corrupt_and_misshaped_hdf5_give_one_line(train, train_here, tmp_path):
     images, masks = make_glint(40, 32)
     good = write_h5(tmp_path / "good.h5", images=images, masks=masks)
     truncated = tmp_path / "truncated.h5"
@@ -231,8 +233,15 @@ def test_missing_corrupt_and_misshaped_hdf5_give_one_line(train, tmp_path):
         (write_h5(tmp_path / "shape.h5", images=images[:, :, :16], masks=masks), [],
          ["shape.h5", "'images'", "(1, 16, 32)", "expected (1, 32, 32)"]),
     ]
-    for path, extra, words in cases:
-        proc = train("data.image_size=32", "trainer.epochs=1", f"data.path={path}", *extra, check=False)
-        err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        assert proc.returncode == 2 and len(err) == 1, proc.stderr
-        assert all(w in err[0] for w in words), err[0]
+    for i, (path, extra, words) in enumerate(cases):
+        args = ["data.image_size=32", "trainer.epochs=1", f"data.path={path}", *extra]
+        if i in (0, len(cases) - 1):  # through the command line: exit code 2, one line on stderr
+            proc = train(*args, check=False)
+            err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+            assert proc.returncode == 2 and len(err) == 1, proc.stderr
+            line = err[0]
+        else:  # the same error in-process (CI time): the line the command line would print
+            with pytest.raises(DataError) as caught:
+                train_here(tmp_path / f"run{i}", *args)
+            line = one_line(caught.value)
+        assert all(w in line for w in words), line

@@ -138,9 +138,9 @@ def test_resume_auto_falls_back_past_a_corrupt_latest(train_here, tmp_path):
     assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1, 2, 3]
 
 
-def test_resume_from_truncated_file_is_one_line(train, tmp_path):
+def test_resume_from_truncated_file_is_one_line(train, train_here, tmp_path):
     run = tmp_path / "run"
-    train(*QUICK, "trainer.epochs=1", f"hydra.run.dir={run}")
+    train_here(run, *QUICK, "trainer.epochs=1")
     bad = run / "checkpoints" / "cut.pth"
     data = (run / "latest_checkpoint.pth").read_bytes()
     bad.write_bytes(data[: len(data) // 3])
@@ -149,9 +149,9 @@ def test_resume_from_truncated_file_is_one_line(train, tmp_path):
     assert proc.returncode != 0 and len(err) == 1 and str(bad) in err[0] and "truncated" in err[0]
 
 
-def test_config_drift_is_refused_unless_forced(train, tmp_path):
+def test_config_drift_is_refused_unless_forced(train, train_here, tmp_path):
     run = tmp_path / "run"
-    train(*QUICK, "trainer.epochs=1", f"hydra.run.dir={run}")
+    train_here(run, *QUICK, "trainer.epochs=1")
     proc = train(f"resume={run}", "data.batch_size=8", "loss=dice", "trainer.epochs=2", check=False)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(err) == 1

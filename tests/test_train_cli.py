@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, SMALL, contract
 
 BATCH_LINE = re.compile(r"Epoch \[\d+/\d+\] - Progress [\d.]+% \(\d+/\d+\) - Batch Loss: \S+ - LR: \S+")
@@ -54,6 +56,7 @@ def test_two_runs_started_together_get_different_directories(env, tmp_path):
     assert [contract(r) for r in run_dirs] == [[], []]
 
 
+@pytest.mark.slow  # CI time: the launcher tests check each job's run dir and summary.csv
 def test_sweep_gives_one_full_run_dir_per_job_and_a_summary(train, tmp_path):
     train("-m", "loss=focal,hybrid", *SMALL, "trainer.epochs=1")
     sweeps = list(tmp_path.glob("multirun/*/*"))
