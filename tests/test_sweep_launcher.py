@@ -151,6 +151,7 @@ def test_a_failing_job_is_reported_the_others_complete_and_the_sweep_exits_nonze
 
 
 # ---- AC4: SIGTERM on the parent, then the same sweep again -------------------------------------
+@pytest.mark.slow  # CI time (a minute): two sweeps and five jobs
 def test_sigterm_stops_every_job_and_the_rerun_finishes_the_sweep(env, tmp_path):
     """One GPU: job 0 completes, job 1 runs (it has a checkpoint), job 2 waits in the queue."""
     args = [*SMALL, "data.num_samples=160,2400,160", "trainer.epochs=2", "checkpoint.every_n_steps=5"]

@@ -73,9 +73,9 @@ def test_sweep_gives_one_full_run_dir_per_job_and_a_summary(train, tmp_path):
     assert [contract(job) for job in jobs] == [[], []]
 
 
-def test_existing_run_directory_is_never_overwritten(train, tmp_path):
+def test_existing_run_directory_is_never_overwritten(train, train_here, tmp_path):
     run = tmp_path / "run"
-    train(*SMALL, "trainer.epochs=1", f"hydra.run.dir={run}")
+    train_here(run, *SMALL, "trainer.epochs=1")
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
     proc = train(*SMALL, "trainer.epochs=1", f"hydra.run.dir={run}", check=False)
     assert proc.returncode != 0
