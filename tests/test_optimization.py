@@ -176,9 +176,9 @@ def test_nonfinite_stop_names_epoch_step_and_last_good_checkpoint(train, tmp_pat
     assert not (run / "latest_checkpoint.pth").exists()
 
 
-def test_nonfinite_skip_counts_and_goes_on(train, tmp_path, nan_data):
+def test_nonfinite_skip_counts_and_goes_on(train_here, tmp_path, nan_data):
     run = tmp_path / "skip"
-    train(*SMALL, f"data.path={nan_data}", "trainer.on_nonfinite=skip", "trainer.epochs=3", f"hydra.run.dir={run}")
+    train_here(run, *SMALL, f"data.path={nan_data}", "trainer.on_nonfinite=skip", "trainer.epochs=3")
     history = json.loads((run / "metrics.json").read_text())
     assert [r["train"]["nonfinite"] for r in history] == [1, 1, 1]
     assert all(math.isfinite(r["train"]["loss"]) and math.isfinite(r["val"]["loss"]) for r in history)

@@ -275,11 +275,12 @@ def test_run_logs_raw_kl_active_units_and_collapse_csv(pretrain):
     assert "active_units" in log and "kl_total" in log and WARNING not in log
 
 
-def test_collapsing_setting_warns_and_stop_ends_the_run(train, tmp_path):
+def test_collapsing_setting_warns_and_stop_ends_the_run(train_here, tmp_path):
     run = tmp_path / "collapse"
-    proc = train(*TINY, "data.num_patients=200", "loss.beta=4.0", "loss.free_bits=0", "loss.warmup_steps=0",
-                 "collapse.action=stop", "trainer.epochs=5", f"hydra.run.dir={run}")
-    assert WARNING in proc.stdout and "stopping (collapse.action=stop)" in proc.stdout
+    train_here(run, *TINY, "data.num_patients=200", "loss.beta=4.0", "loss.free_bits=0", "loss.warmup_steps=0",
+               "collapse.action=stop", "trainer.epochs=5")
+    log = (run / "training.log").read_text()
+    assert WARNING in log and "stopping (collapse.action=stop)" in log
     epochs = rows(run / "epoch_metrics.csv")
     low = [float(r["val_active_fraction"]) < 0.1 or float(r["val_kl_total"]) < 0.1 for r in epochs]
     first = low.index(True)
@@ -305,12 +306,12 @@ def test_beta_after_resume_equals_the_uninterrupted_run(train, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_finetune_warm_starts_freezes_the_encoder_and_scales_the_head_lr(train, pretrain, tmp_path):
+def test_finetune_warm_starts_freezes_the_encoder_and_scales_the_head_lr(train_here, pretrain, tmp_path):
     run = tmp_path / "finetune"
     weights = pretrain / "best_model_weights.pt"
-    proc = train(*TINY, "experiment=seqsetvae_finetune", f"model.init_weights={weights}", "trainer.epochs=1",
-                 f"hydra.run.dir={run}")
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("Warm start from"))
+    train_here(run, *TINY, "experiment=seqsetvae_finetune", f"model.init_weights={weights}", "trainer.epochs=1")
+    line = next(ln.split(" INFO ", 1)[1] for ln in (run / "training.log").read_text().splitlines()
+                if " INFO Warm start from" in ln)
     before, after = safe_load(weights), safe_load(run / "best_model_weights.pt")
     assert f"loaded {len(before)} keys, 0 missing keys [], 0 unexpected keys []" in line
     frozen = [k for k in before if k.startswith(("token", "encoder.", "latent."))]
