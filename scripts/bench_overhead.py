@@ -13,8 +13,10 @@ Variants, each run for one epoch per round, round-robin, so machine noise hits a
   d   Lightning, when it is installed (a LightningModule logging its loss every step)
 
 Cases: an MLP 256-512-512-10 (batch 64, fp32 and bf16), a 3-layer conv net on 3x64x64
-(batch 16 bf16, batch 64 fp32), both on a ``TensorDataset`` through a default ``DataLoader``,
-and ``default``: the default experiment's own data path (glint HDF5 preloaded, UNet, focal loss).
+(batch 16 bf16, batch 64 fp32), both on a ``TensorDataset`` through a default ``DataLoader``;
+``default``: the default experiment's own data path (glint HDF5 preloaded, UNet, focal loss), and
+``tiny_fp32``: one Linear(256, 10), batch 64, whose step is almost all host work (what a small
+model on a fast GPU is), so ``c_ms - a_ms`` there is the framework's own host cost per step.
 
 Output (stable): one JSON line per case with ``case``, ``device``, ``steps`` (per epoch),
 ``rounds``, ``<variant>_ms`` (median ms/step over the rounds) and ratios ``c_over_a_ratio``,
@@ -60,11 +62,16 @@ CASES = {  # name: (model, precision, batch size)
     "conv_bf16": ("conv", "bf16", 16),
     "conv_fp32": ("conv", "fp32", 64),
     "default": ("default", None, None),
+    "tiny_fp32": ("tiny", "fp32", 64),  # one Linear: the step is almost all host work (a GPU's launch-bound regime)
 }
 
 
 def mlp():
     return nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+
+
+def tiny():
+    return nn.Sequential(nn.Linear(256, 10))
 
 
 def conv():
@@ -213,10 +220,10 @@ def synthetic(kind, mode, bs, steps, device, run_dir, epochs):
     """Variants for the MLP and conv cases: same init, data, optimizer for each."""
     torch.manual_seed(0)
     n = steps * bs
-    x = torch.randn(n, 256) if kind == "mlp" else torch.randn(n, 3, 64, 64)
+    x = torch.randn(n, 3, 64, 64) if kind == "conv" else torch.randn(n, 256)
     y = torch.randint(0, 10, (n,))
     data = TensorDataset(x, y)
-    net = (mlp if kind == "mlp" else conv)().to(device)
+    net = {"mlp": mlp, "conv": conv, "tiny": tiny}[kind]().to(device)
     loss_fn = CELoss()
     prec = Precision(mode, device)
     variants = {
@@ -280,7 +287,7 @@ def run_case(name, device, args, tmp: Path) -> dict:
         steps = args.steps or (0 if device.type == "cuda" else 16)  # 0: the default 1280 samples, 64 steps
         variants, steps = default_experiment(device, run_dir, epochs, steps)
     else:
-        steps = args.steps or (100 if device.type == "cuda" else (40 if kind == "mlp" else 12))
+        steps = args.steps or (100 if device.type == "cuda" else {"mlp": 40, "tiny": 200}.get(kind, 12))
         variants, steps = synthetic(kind, mode, bs, steps, device, run_dir, epochs)
     times, errors = {k: [] for k in variants}, {}
     for r in range(epochs):

@@ -107,3 +107,31 @@ def test_unknown_compile_backend_is_one_clear_error(compose_cfg, tmp_path):
 
     with pytest.raises(ConfigError, match="trainer.compile_backend=nope: not a torch.compile backend"):
         build(compose_cfg(*SMALL, "trainer.compile=true", "trainer.compile_backend=nope"), tmp_path / "run")
+
+
+def test_batch_lines_written_directly_read_like_logged_ones(tmp_path):
+    """Off-grid batch lines skip the logging machinery (hot path) but land in training.log
+    in order, in the logger's format; a handler of the user's own turns the shortcut off."""
+    import io
+    import logging
+    import re
+
+    from trainforge.engine.logging import LOGGER, batch_file_writer, flush_handlers, setup_logging
+
+    log = setup_logging(tmp_path)
+    try:
+        write = batch_file_writer()
+        assert write is not None
+        log.info("first", extra={"console": False, "batch": True})
+        write("second")
+        log.info("third")
+        flush_handlers()
+        stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO (\w+)$")
+        lines = (tmp_path / "training.log").read_text().splitlines()
+        assert [stamp.match(line).group(1) for line in lines] == ["first", "second", "third"]
+        log.addHandler(logging.StreamHandler(io.StringIO()))  # it must see every record
+        assert batch_file_writer() is None
+    finally:
+        for handler in list(logging.getLogger(LOGGER).handlers):
+            logging.getLogger(LOGGER).removeHandler(handler)
+            handler.close()

@@ -16,8 +16,8 @@ import torch
 
 from trainforge.engine import distributed as dist
 from trainforge.engine.checkpoint import CheckpointManager, LATEST
-from trainforge.engine.logging import (LOGGER, BatchCSV, batch_line, epoch_block, flatten, flush_handlers,
-                                      write_epoch_files)
+from trainforge.engine.logging import (LOGGER, BatchCSV, batch_file_writer, batch_line, epoch_block, flatten,
+                                      flush_handlers, write_epoch_files)
 from trainforge.engine.rng import RNGState
 from trainforge.engine.trainer import HookBase, to_device
 
@@ -70,6 +70,7 @@ class LoggingHook(HookBase):
         self.sinks: list = []
         self.extra: dict = {}
         self.first = 1
+        self.file_only = None  # training.log's direct writer for batch lines (before_train)
 
     def before_train(self) -> None:
         t = self.trainer
@@ -78,6 +79,7 @@ class LoggingHook(HookBase):
             self.batch_csv = BatchCSV(self.run_dir / "batch_metrics.csv", ["epoch", "batch", "step", *names, "lr"])
             self.batch_csv.truncate_after(t.epoch + 1, t.batch_in_epoch)
         self.last_lr = t.optimizer.param_groups[0]["lr"]
+        self.file_only = batch_file_writer()
         if (t.history or t.batch_in_epoch) and self.main:  # resumed: the files restart from the checkpoint's history
             write_epoch_files(self.run_dir, t.history)
 
@@ -96,7 +98,10 @@ class LoggingHook(HookBase):
             on_grid = self.progress and (batch % self.interval == 0 or batch == self.first)
             if rec["nonfinite"] and t.on_nonfinite == "skip":
                 line += f" - skipped update ({t.consecutive_nonfinite} consecutive)"
-            log.info(line, extra={"console": on_grid or rec["nonfinite"], "batch": True})
+            if self.file_only is not None and not (on_grid or rec["nonfinite"]):
+                self.file_only(line)  # training.log alone: no LogRecord
+            else:
+                log.info(line, extra={"console": on_grid or rec["nonfinite"], "batch": True})
             if self.batch_csv is not None:
                 self.batch_csv.add([rec["epoch"] + 1, batch, rec["step"], *rec["values"], rec["lr"]])
             self.last_lr = rec["lr"]

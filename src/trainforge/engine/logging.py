@@ -71,6 +71,7 @@ class BatchedFileHandler(_LogFile):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._in_batch_emit, self._flushed = False, time.monotonic()
+        self._second, self._stamp = None, ""
 
     def emit(self, record: logging.LogRecord) -> None:
         self._in_batch_emit = getattr(record, "batch", False)
@@ -84,6 +85,40 @@ class BatchedFileHandler(_LogFile):
             return
         super().flush()
         self._flushed = time.monotonic()
+
+    def write_batch_line(self, message: str) -> None:
+        """A batch line for this file alone, as ``emit`` would write it with the handler's
+        ``%(asctime)s %(levelname)s %(message)s`` format, without building a LogRecord
+        (the logging machinery costs more per line than the rest of a small step). The
+        second's text is formatted once per second."""
+        if self.failed:
+            return
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        line = f"{self._stamp},{int((now - second) * 1000):03d} INFO {message}\n"
+        with self.lock:
+            try:
+                if self.stream is None:
+                    self.stream = self._open()
+                self.stream.write(line)
+                self._in_batch_emit = True
+                self.flush()
+            except OSError as exc:
+                self.failed = True
+                raise WriteError(self.baseFilename, exc) from None
+            finally:
+                self._in_batch_emit = False
+
+
+def batch_file_writer():
+    """``training.log``'s direct writer for batch lines that stdout does not show, or None
+    when the logger has a handler besides setup_logging's two (it must see every record)."""
+    handlers = [h for h in logging.getLogger(LOGGER).handlers if not isinstance(h, logging.NullHandler)]
+    files = [h for h in handlers if isinstance(h, BatchedFileHandler)]
+    filtered = all(h in files or any(isinstance(f, _ConsoleFilter) for f in h.filters) for h in handlers)
+    return files[0].write_batch_line if len(files) == 1 and filtered else None
 
 
 def flush_handlers() -> None:
