@@ -9,6 +9,7 @@ Prints one line per check and ``ALL OK``; exits 1 at the first op that synchroni
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import traceback
 import tempfile
@@ -43,6 +44,22 @@ def on_device(loader, device, limit):
     return batches
 
 
+@contextlib.contextmanager
+def syncs_are_errors():
+    """Inside: any op that synchronises the host with the GPU raises RuntimeError."""
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+def fail(what: str, error: RuntimeError) -> int:
+    print(f"FAIL {what} synchronises: {str(error).splitlines()[0]}")
+    traceback.print_exc()
+    return 1
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA GPU visible: skipped")
@@ -61,17 +78,13 @@ def main() -> int:
             trainer.run_step(batch)
         torch.cuda.synchronize()
         start = time.perf_counter()
-        torch.cuda.set_sync_debug_mode("error")
         try:
-            for batch in train[2:]:
-                trainer.run_step(batch)
-                trainer.loss_fn.set_step(trainer.step)  # what LossStepHook does after each step
+            with syncs_are_errors():
+                for batch in train[2:]:
+                    trainer.run_step(batch)
+                    trainer.loss_fn.set_step(trainer.step)  # what LossStepHook does after each step
         except RuntimeError as e:
-            torch.cuda.set_sync_debug_mode(0)
-            print(f"FAIL train step synchronises: {str(e).splitlines()[0]}")
-            traceback.print_exc()
-            return 1
-        torch.cuda.set_sync_debug_mode(0)
+            return fail("train step", e)
         torch.cuda.synchronize()
         step_ms = 1000 * (time.perf_counter() - start) / (len(train) - 2)
         print(f"OK   {len(train) - 2} training steps with no host sync ({step_ms:.1f} ms/step)")
@@ -81,19 +94,14 @@ def main() -> int:
         metrics = evaluator.metrics
         metrics.reset()
         trainer.model.eval()
-        torch.cuda.set_sync_debug_mode("error")
         try:
-            with torch.no_grad(), trainer.precision.autocast():
+            with syncs_are_errors(), torch.no_grad(), trainer.precision.autocast():
                 for inputs, target in val:
                     output = trainer.model(inputs)
                     trainer.loss_fn(output, target)
                     metrics.update(output, target)
         except RuntimeError as e:
-            torch.cuda.set_sync_debug_mode(0)
-            print(f"FAIL validation accumulation synchronises: {str(e).splitlines()[0]}")
-            traceback.print_exc()
-            return 1
-        torch.cuda.set_sync_debug_mode(0)
+            return fail("validation accumulation", e)
         print(f"OK   {len(val)} validation batches accumulated with no host sync")
         reads = {"n": 0}
         original = torch.Tensor.tolist

@@ -57,7 +57,7 @@ def compose_cfg(data_dir, monkeypatch):
 
 
 @pytest.fixture
-def train_here(compose_cfg):
+def train_here(data_dir, monkeypatch):
     """Train in this process: ``train_here(run_dir, *overrides)`` composes the overrides over
     conf/ and calls ``trainforge.train.run``, which is what train.py does once Hydra has
     composed: the same run directory, files and checks, without the seconds a new Python
@@ -67,10 +67,10 @@ def train_here(compose_cfg):
 
     from trainforge.train import run
 
+    monkeypatch.setenv("TRAINFORGE_DATA_DIR", str(data_dir))
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
 
     def _run(run_dir, *overrides):
-        compose_cfg()  # sets TRAINFORGE_DATA_DIR
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):  # a resume recomposes in it
             cfg = compose(config_name="train", overrides=list(overrides))
             return run(cfg, Path(run_dir), list(overrides))

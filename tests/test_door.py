@@ -161,6 +161,15 @@ CLI = [
 ]
 
 
+def test_a_refused_value_is_reported_before_torch_is_imported(env, tmp_path):
+    """The door answers in about a second: torch (seconds to import) is never loaded."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "train.py"), "trainer.epochs=-1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "trainer.epochs=-1" in proc.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert "hydra" in imported and "torch" not in imported
+
+
 def test_bad_inputs_on_the_command_line(env, files, tmp_path):
     procs = []
     for i, args in enumerate(CLI):

@@ -19,6 +19,7 @@ from trainforge.errors import WriteError
 
 LOGGER = "trainforge"
 RULE = "=" * 80
+FILE_FORMAT = "%(asctime)s %(levelname)s %(message)s"  # training.log's lines
 
 
 class _ConsoleFilter(logging.Filter):
@@ -87,17 +88,19 @@ class BatchedFileHandler(_LogFile):
         self._flushed = time.monotonic()
 
     def write_batch_line(self, message: str) -> None:
-        """A batch line for this file alone, as ``emit`` would write it with the handler's
-        ``%(asctime)s %(levelname)s %(message)s`` format, without building a LogRecord
-        (the logging machinery costs more per line than the rest of a small step). The
-        second's text is formatted once per second."""
+        """A batch line for this file alone, as ``emit`` would write it (``FILE_FORMAT``,
+        logging's default time format), without building a LogRecord (the logging
+        machinery costs more per line than the rest of a small step). The second's text is
+        formatted once per second."""
         if self.failed:
             return
         now = time.time()
         second = int(now)
         if second != self._second:
-            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        line = f"{self._stamp},{int((now - second) * 1000):03d} INFO {message}\n"
+            self._second = second
+            self._stamp = time.strftime(logging.Formatter.default_time_format, time.localtime(second))
+        asctime = logging.Formatter.default_msec_format % (self._stamp, int((now - second) * 1000))
+        line = FILE_FORMAT % {"asctime": asctime, "levelname": "INFO", "message": message} + self.terminator
         with self.lock:
             try:
                 if self.stream is None:
@@ -139,7 +142,7 @@ def setup_logging(run_dir, main: bool = True) -> logging.Logger:
         log.addHandler(logging.NullHandler())
         return log
     file = BatchedFileHandler(Path(run_dir) / "training.log", mode="a", encoding="utf-8")
-    file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    file.setFormatter(logging.Formatter(FILE_FORMAT))
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter("%(message)s"))
     console.addFilter(_ConsoleFilter())
