@@ -53,6 +53,32 @@ def test_lr_per_step_matches_closed_form(train_here, tmp_path, name):
         assert math.isclose(float(row["lr"]), expected(s), rel_tol=1e-9), (s, row["lr"], expected(s))
 
 
+def test_schedule_step_equals_torch_lambdalr_in_lr_and_state():
+    """StepSchedule's lean per-update step() against torch's LambdaLR on the same factors:
+    the same LR in every group at every step (bitwise) and the same state_dict."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    from trainforge.engine.schedules import StepSchedule
+
+    factors = [lambda s: (s + 1) / 7 if s < 7 else 0.5 ** (s / 13), lambda s: 1.0 / (1 + s)]
+
+    def make(cls):
+        model = torch.nn.Linear(2, 2)
+        opt = torch.optim.AdamW([{"params": [model.weight], "lr": 3e-3}, {"params": [model.bias], "lr": 1e-2}])
+        return opt, cls(opt, factors)
+
+    (ours_opt, ours), (ref_opt, ref) = make(StepSchedule), make(LambdaLR)
+    for s in range(300):
+        for opt, sched in ((ours_opt, ours), (ref_opt, ref)):
+            opt.step()
+            sched.step()
+        assert [g["lr"] for g in ours_opt.param_groups] == [g["lr"] for g in ref_opt.param_groups], s
+        assert ours.get_last_lr() == ref.get_last_lr()
+    mine, theirs = ours.state_dict(), ref.state_dict()
+    assert mine.keys() == theirs.keys()
+    assert {k: v for k, v in mine.items() if k != "lr_lambdas"} == {k: v for k, v in theirs.items() if k != "lr_lambdas"}
+
+
 def test_schedule_counts_optimizer_steps_not_batches(train_here, tmp_path):
     """With grad_accum=2 the same cosine curve is spread over half as many steps."""
     run = tmp_path / "accum"

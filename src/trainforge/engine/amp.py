@@ -10,6 +10,8 @@ from trainforge.errors import ConfigError
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+NO_CONTEXT = contextlib.nullcontext()  # reusable, for fp32's autocast()
+
 # precision=auto picks bf16 from this many trainable parameters up (see auto_precision)
 BF16_MIN_PARAMS = 1_000_000
 
@@ -54,18 +56,19 @@ class Precision:
             raise ConfigError("trainer.precision=bf16: this GPU does not support bf16; use fp16 or fp32")
         self.device_type, self.dtype = device.type, DTYPES[self.mode]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.mode == "fp16")
+        self.fp16 = self.scaler.is_enabled()  # asked once: the step checks it three times
         self._watched, self._stepped = set(), False
 
     def autocast(self):
         if self.dtype is None:
-            return contextlib.nullcontext()
+            return NO_CONTEXT
         return torch.autocast(self.device_type, dtype=self.dtype)
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss).backward()
+        (self.scaler.scale(loss) if self.fp16 else loss).backward()
 
     def unscale_(self, optimizer) -> None:
-        if self.scaler.is_enabled():
+        if self.fp16:
             self.scaler.unscale_(optimizer)
 
     def step(self, optimizer) -> bool:
@@ -73,7 +76,7 @@ class Precision:
 
         The answer comes from a step post-hook on the optimizer, so it costs no host read
         beyond the one GradScaler itself makes; fp32/bf16 read nothing."""
-        if not self.scaler.is_enabled():
+        if not self.fp16:
             optimizer.step()
             return True
         if id(optimizer) not in self._watched:

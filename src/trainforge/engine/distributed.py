@@ -66,14 +66,16 @@ def cleanup() -> None:
 
 
 # ---- collectives (no-ops at world size 1) ----
-def weighted_mean(values: torch.Tensor, weight: float) -> torch.Tensor:
-    """The sample-weighted mean over ranks of a per-rank vector (one all-reduce, no host
-    read). A NaN on any rank makes that entry NaN on every rank."""
+def weighted_mean(values: tuple, weight: float) -> tuple:
+    """The sample-weighted mean over ranks of a per-rank row of 0-d tensors (one all-reduce,
+    no host read), as a row of 0-d tensors. A NaN on any rank makes that entry NaN on every
+    rank. At world size 1: ``values`` itself (no kernel)."""
     if world_size() == 1:
         return values
-    buf = torch.cat([values * weight, values.new_full((1,), float(weight))])
+    vector = torch.stack(values)
+    buf = torch.cat([vector * weight, vector.new_full((1,), float(weight))])
     dist.all_reduce(buf)
-    return buf[:-1] / buf[-1]
+    return (buf[:-1] / buf[-1]).unbind()
 
 
 def any_rank(flag: bool) -> bool:

@@ -106,13 +106,11 @@ class BatchedFileHandler(_LogFile):
                 if self.stream is None:
                     self.stream = self._open()
                 self.stream.write(line)
-                self._in_batch_emit = True
-                self.flush()
+                if time.monotonic() - self._flushed >= self.FLUSH_S:
+                    self.flush()
             except OSError as exc:
                 self.failed = True
                 raise WriteError(self.baseFilename, exc) from None
-            finally:
-                self._in_batch_emit = False
 
 
 def batch_file_writer():

@@ -10,13 +10,30 @@ from __future__ import annotations
 
 import math
 
+from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 
 class StepSchedule(LambdaLR):
     """LambdaLR whose restored state follows this run's curve: after a resume that changed
     the curve (``trainer.epochs`` with cosine), the next update uses the new curve's LR
-    for the restored step, not the LR the checkpoint's optimizer had stored."""
+    for the restored step, not the LR the checkpoint's optimizer had stored.
+
+    ``step()``, called once per optimizer update, computes what LambdaLR's does
+    (``base_lr * lambda(last_epoch)``, the same counters and state) without its per-call
+    warning checks and context managers; LambdaLR's own handles the first step (in the
+    constructor), ``step(epoch)`` and tensor learning rates."""
+
+    def step(self, epoch=None) -> None:
+        groups = self.optimizer.param_groups
+        if self._is_initial or epoch is not None or any(isinstance(g["lr"], Tensor) for g in groups):
+            return super().step(epoch)
+        self._step_count += 1
+        self.last_epoch += 1
+        lrs = [base_lr * fn(self.last_epoch) for fn, base_lr in zip(self.lr_lambdas, self.base_lrs, strict=True)]
+        for group, lr in zip(groups, lrs, strict=True):
+            group["lr"] = lr
+        self._last_lr = lrs
 
     def load_state_dict(self, state_dict) -> None:
         super().load_state_dict(state_dict)

@@ -20,15 +20,17 @@ from trainforge.errors import NonFiniteLossError
 # a few kernels and a fair amount of host work per measure; see BaseTrainer._grad_norm)
 GRAD_NORM_EVERY = 16
 
+NO_CONTEXT = contextlib.nullcontext()  # reusable: the step's "no context" costs no object
+
 
 def to_device(obj, device: torch.device):
     """Tensors (also inside tuples, lists and dicts) moved without blocking the host."""
-    if torch.is_tensor(obj):
+    if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=True)
     if isinstance(obj, dict):
         return {k: to_device(v, device) for k, v in obj.items()}
     if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(v, device) for v in obj)
+        return type(obj)([to_device(v, device) for v in obj])
     return obj
 
 
@@ -57,14 +59,20 @@ class HookBase:
     def flush(self): ...
 
 
+def stack_rows(rows: list) -> torch.Tensor:
+    """Per-step rows of 0-d tensors (or 1-d ones) as one (len(rows), k) tensor: one kernel
+    for the whole block, none per step."""
+    return torch.stack([v for row in rows for v in row]).view(len(rows), -1)
+
+
 class StepMeter:
     """Per-step scalars moved to the host in blocks, without stalling the GPU.
 
-    ``push(meta, values)`` only keeps a reference to the step's device vector: no kernel,
-    no copy. On a GPU, every ``block`` steps (or ``max_lag_s`` seconds) the waiting vectors
-    are stacked and copied by one non-blocking transfer into a reused pinned buffer, with
-    one event; ``ready`` returns, in order, the records whose copy has landed (all of them,
-    after one wait, with ``block=True``). On CPU a record is ready at once.
+    ``push(meta, values)`` only keeps a reference to the step's row of 0-d device tensors:
+    no kernel, no copy. On a GPU, every ``block`` steps (or ``max_lag_s`` seconds) the
+    waiting rows are stacked and copied by one non-blocking transfer into a reused pinned
+    buffer, with one event; ``ready`` returns, in order, the records whose copy has landed
+    (all of them, after one wait, with ``block=True``). On CPU a record is ready at once.
 
     ``lockstep`` (several ranks, which decide stops from these records): every rank must
     see the same records at the same step, so blocks go only every ``block`` steps and
@@ -90,7 +98,7 @@ class StepMeter:
             return
         metas, rows = zip(*self.queued)
         self.queued = []
-        stacked = torch.stack(rows)
+        stacked = stack_rows(rows)
         host = self.free.pop() if self.free else None
         if host is None or host.shape[1] != stacked.shape[1]:
             host = torch.empty((self.block, stacked.shape[1]), dtype=stacked.dtype, pin_memory=True)
@@ -101,8 +109,8 @@ class StepMeter:
         self.sent_at = time.monotonic()
 
     def ready(self, block: bool = False) -> list:
-        if not self.cuda:
-            out = [{**meta, "values": values.tolist()} for meta, values in self.queued]
+        if not self.cuda:  # a few scalars per record: reading each is cheaper than stacking them
+            out = [{**meta, "values": [v.item() for v in row]} for meta, row in self.queued]
             self.queued = []
             return out
         if block:
@@ -122,11 +130,11 @@ class StepMeter:
 class EpochStats:
     """Running sums, min and max of the epoch's per-step scalars, kept on the device.
 
-    ``values`` per micro-batch are [loss, components..., grad_norm (NaN where not measured)].
-    Micro-batches with a non-finite loss are counted in ``nonfinite`` and kept out of the
-    averages. ``add`` launches nothing: it keeps the vector (by reference: do not change it
-    afterwards) and every ``FOLD`` micro-batches of the epoch folds the kept ones into the
-    sums with one batch of kernels. The fold points are fixed positions in the epoch and
+    ``values`` per micro-batch are a row of 0-d tensors (loss, components..., grad_norm (NaN
+    where not measured)). Micro-batches with a non-finite loss are counted in ``nonfinite``
+    and kept out of the averages. ``add`` launches nothing: it keeps the row (by reference:
+    do not change its tensors afterwards) and every ``FOLD`` micro-batches of the epoch
+    folds the kept ones into the sums with one batch of kernels. The fold points are fixed positions in the epoch and
     the state holds the unfolded vectors, so a resumed epoch adds in the same order
     (bitwise). One host read per epoch in ``summary``.
     """
@@ -154,7 +162,7 @@ class EpochStats:
     def _fold(self) -> None:
         if not self.rows:
             return
-        values = torch.stack(self.rows).double()
+        values = stack_rows(self.rows).double()
         self.rows = []
         loss = values[:, 0]
         good = torch.isfinite(loss)
@@ -190,7 +198,7 @@ class EpochStats:
         state = {"sums": self.sums, "counts": self.counts, "low": self.low, "high": self.high,
                  "nonfinite": self.folded_nonfinite}
         state = {k: v.cpu() for k, v in state.items()}
-        state["rows"] = torch.stack(self.rows).cpu() if self.rows else torch.zeros(0, len(self.names))
+        state["rows"] = stack_rows(self.rows).cpu() if self.rows else torch.zeros(0, len(self.names))
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -198,7 +206,8 @@ class EpochStats:
             setattr(self, key, state[key].to(self.device, torch.float64))
         self.folded_nonfinite = state["nonfinite"].to(self.device, torch.float64)
         rows = state.get("rows")
-        self.rows = list(rows.to(self.device).unbind(0)) if rows is not None and len(rows) else []
+        rows = rows.to(self.device).unbind(0) if rows is not None and len(rows) else []
+        self.rows = [tuple(row.unbind()) for row in rows]
 
 
 class BaseTrainer:
@@ -232,7 +241,8 @@ class BaseTrainer:
         self.stop_reason: str | None = None
         self.preempted_by: str | None = None  # the signal that asked this run to stop
         self.stop_request: tuple | None = None  # (reason, signal) a rank received, until the ranks agree
-        self.meter = StepMeter(device, lockstep=dist.world_size() > 1)
+        self.world = dist.world_size()  # fixed for the trainer's life (the process group exists first)
+        self.meter = StepMeter(device, lockstep=self.world > 1)
         self.stats = EpochStats(self.value_names, device)
         self.hooks = list(hooks)
         for hook in self.hooks:
@@ -265,17 +275,19 @@ class BaseTrainer:
         """One micro-batch: forward, backward and, at a window boundary, the update."""
         inputs, target = to_device(batch, self.device)
         weight = len(target) / self._window_samples()
-        self.batch_in_epoch += 1  # from here at_boundary() says whether this micro-batch ends its window
-        with self._sync_context():
+        self.batch_in_epoch += 1
+        boundary = self.at_boundary()  # this micro-batch ends its accumulation window
+        with self._sync_context(boundary):
             with self.precision.autocast():
                 output = self.model(inputs)
             loss, parts = self.loss_fn(output, target)
             self.precision.backward(loss if weight == 1.0 else loss * weight)  # x1.0 is exact: skip the kernel
         lr = self.optimizer.param_groups[0]["lr"]  # the LR this window's update uses
-        grad_norm = self._update() if self.at_boundary() else self._no_norm
-        values = torch.stack([loss.detach().float(), *(parts[k].detach().float() for k in self.component_names),
-                              grad_norm.float()])
-        values = dist.weighted_mean(values, len(target))  # the global batch's values, on every rank
+        grad_norm = self._update() if boundary else self._no_norm
+        values = (loss.detach().float(), *(parts[k].detach().float() for k in self.component_names),
+                  grad_norm.float())  # no kernel: the meter and the epoch stats stack rows in blocks
+        if self.world > 1:
+            values = dist.weighted_mean(values, len(target))  # the global batch's values, on every rank
         self.stats.add(values)
         meta = {"epoch": self.epoch, "batch": self.batch_in_epoch, "step": self.step, "lr": lr}
         self.meter.push(meta, values)
@@ -290,7 +302,7 @@ class BaseTrainer:
         host read. The schedule still advances (the window consumed its slot)."""
         self.precision.unscale_(self.optimizer)
         grad_norm = self._grad_norm()
-        if self.on_nonfinite == "skip" and not self.precision.scaler.is_enabled():  # fp16's scaler skips itself
+        if self.on_nonfinite == "skip" and not self.precision.fp16:  # fp16's scaler skips itself
             if self.device_skip:
                 self.optimizer.found_inf = (~torch.isfinite(grad_norm)).float()
                 self.optimizer.step()
@@ -321,12 +333,12 @@ class BaseTrainer:
         return self._no_norm
 
     # ---- helpers for the step and the hooks ----
-    def _sync_context(self):
+    def _sync_context(self, boundary: bool):
         """DDP's ``no_sync`` (around forward and backward, as DDP needs) inside an
         accumulation window: gradients are all-reduced once, at the window's last
-        micro-batch. A plain module gets a null context."""
-        if self.at_boundary() or not hasattr(self.model, "no_sync"):
-            return contextlib.nullcontext()
+        micro-batch (``boundary``). A plain module gets a null context."""
+        if boundary or not hasattr(self.model, "no_sync"):
+            return NO_CONTEXT
         return self.model.no_sync()
 
     def epoch_done(self) -> bool:
@@ -403,7 +415,7 @@ class BaseTrainer:
     def _agree_on_stop(self) -> None:
         """At a window boundary: every rank stops if any rank was asked to (one host-side
         all-reduce over gloo; nothing at world size 1)."""
-        if dist.world_size() == 1 or self.preempted_by or not dist.any_rank(self.stop_request is not None):
+        if self.world == 1 or self.preempted_by or not dist.any_rank(self.stop_request is not None):
             return
         reason, name = self.stop_request or ("preempted: another rank received a stop signal", "peer")
         self.stop_reason = self.stop_reason or reason
