@@ -117,7 +117,7 @@ def test_two_ranks_resume_exactly_also_after_sigterm_to_the_parent(train, env, t
             break
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == Preempted.EXIT_CODE
+    assert proc.returncode == Preempted.EXIT_CODE, err
     err = err.strip().splitlines()
     assert len(err) == 1 and "SIGTERM" in err[0], err
     assert json.loads((stopped / "status.json").read_text())["status"] == "PREEMPTED"

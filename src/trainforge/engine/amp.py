@@ -10,7 +10,7 @@ from trainforge.errors import ConfigError
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-NO_CONTEXT = contextlib.nullcontext()  # reusable, for fp32's autocast()
+NO_CONTEXT = contextlib.nullcontext()  # reusable "no context" (fp32's autocast, the step's no DDP no_sync)
 
 # precision=auto picks bf16 from this many trainable parameters up (see auto_precision)
 BF16_MIN_PARAMS = 1_000_000

@@ -5,7 +5,6 @@ list order. The trainer takes built objects, never config.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections import deque
@@ -13,15 +12,13 @@ from collections import deque
 import torch
 
 from trainforge.engine import distributed as dist
+from trainforge.engine.amp import NO_CONTEXT
 from trainforge.errors import NonFiniteLossError
 
 
 # without clipping, the gradient norm is measured on every this-many-th window (it costs
 # a few kernels and a fair amount of host work per measure; see BaseTrainer._grad_norm)
 GRAD_NORM_EVERY = 16
-
-NO_CONTEXT = contextlib.nullcontext()  # reusable: the step's "no context" costs no object
-
 
 def to_device(obj, device: torch.device):
     """Tensors (also inside tuples, lists and dicts) moved without blocking the host."""
@@ -60,8 +57,8 @@ class HookBase:
 
 
 def stack_rows(rows: list) -> torch.Tensor:
-    """Per-step rows of 0-d tensors (or 1-d ones) as one (len(rows), k) tensor: one kernel
-    for the whole block, none per step."""
+    """Per-step rows of 0-d tensors as one (len(rows), k) tensor: one kernel for the whole
+    block, none per step."""
     return torch.stack([v for row in rows for v in row]).view(len(rows), -1)
 
 
@@ -134,9 +131,9 @@ class EpochStats:
     where not measured)). Micro-batches with a non-finite loss are counted in ``nonfinite``
     and kept out of the averages. ``add`` launches nothing: it keeps the row (by reference:
     do not change its tensors afterwards) and every ``FOLD`` micro-batches of the epoch
-    folds the kept ones into the sums with one batch of kernels. The fold points are fixed positions in the epoch and
-    the state holds the unfolded vectors, so a resumed epoch adds in the same order
-    (bitwise). One host read per epoch in ``summary``.
+    folds the kept ones into the sums with one batch of kernels. The fold points are fixed
+    positions in the epoch and the state holds the unfolded rows, so a resumed epoch adds in
+    the same order (bitwise). One host read per epoch in ``summary``.
     """
 
     FOLD = 64
