@@ -105,3 +105,22 @@ def test_pickled_object_is_refused_and_never_runs(tmp_path):
     assert not target.exists()
     torch.load(path, weights_only=False)  # sanity: unsafe loading does run the payload
     assert target.exists()
+
+
+def test_sweep_removes_temp_files_of_ended_writers_and_keeps_a_live_writers(tmp_path):
+    """A rank building its CheckpointManager while rank 0 writes into the same run directory
+    must not delete rank 0's temp file (it did, and rank 0's rename failed with ENOENT)."""
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    try:
+        (tmp_path / "checkpoints").mkdir()
+        kept = tmp_path / f".batch_metrics.csv.{live.pid}.tmp"
+        swept = [tmp_path / f".metrics.json.{ended.pid}.tmp", tmp_path / "checkpoints" / f".x.pth.{ended.pid}.tmp"]
+        for path in [kept, *swept]:
+            path.write_bytes(b"half")
+        CheckpointManager(tmp_path)
+        assert kept.exists() and not any(path.exists() for path in swept)
+    finally:
+        live.kill()
+        live.wait()

@@ -47,6 +47,25 @@ def _tmp_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def _writer_gone(tmp: Path) -> bool:
+    """Whether the process that wrote temp file ``tmp`` (``_tmp_for``'s ``.<name>.<pid>.tmp``)
+    has ended, so the file is a killed write's leftover. A live writer's is not: another
+    rank's CheckpointManager must not delete the file rank 0 is writing, nor the launcher's."""
+    try:
+        pid = int(tmp.name.rsplit(".", 2)[-2])
+    except (ValueError, IndexError):
+        return True  # not ours to keep
+    if pid == os.getpid():
+        return True  # this process writes nothing while it sweeps
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
+
+
 def _os_fault(exc: BaseException) -> bool:
     """An OSError, or an error caused by one (torch.save wraps a full disk in a RuntimeError)."""
     while exc is not None and not isinstance(exc, WriteError):
@@ -179,8 +198,9 @@ class CheckpointManager:
         self.monitor, self.mode = monitor, mode
         self.best = {"monitor": monitor, "mode": mode, "value": None, "epoch": None}
         self.entries: list[dict] = []  # epoch files: {"file", "epoch", "metric"}
-        for stale in [*self.run_dir.glob(".*.tmp"), *(self.run_dir / EPOCH_DIR).glob(".*.tmp")]:
-            stale.unlink(missing_ok=True)  # left by a writer killed mid-save; never a committed file
+        for tmp in [*self.run_dir.glob(".*.tmp"), *(self.run_dir / EPOCH_DIR).glob(".*.tmp")]:
+            if _writer_gone(tmp):
+                tmp.unlink(missing_ok=True)  # left by a writer killed mid-save; never a committed file
 
     # ---- state (the retention table travels inside each checkpoint) ----
     def state_dict(self) -> dict:
