@@ -141,21 +141,52 @@ def test_batch_lines_written_directly_read_like_logged_ones(tmp_path):
 VIEW_OPS = {"aten.detach", "aten.view", "aten.select", "aten.unsqueeze", "aten.alias", "aten.unbind", "aten.slice"}
 
 
-@pytest.mark.parametrize("components", [0, 3])
-def test_step_bookkeeping_launches_under_one_kernel_per_step_whatever_the_metrics(components):
-    """run_step's ops beyond the hand loop's (forward, backward, AdamW step, zero_grad) over
-    128 steps: the per-step row of loss, components and grad norm costs no kernel; the epoch
-    sums (every 64 steps) and the sampled grad norm (every 16) come to under one kernel per
-    step on average, also with three loss components."""
-    import collections
-    import copy
+class PartsLoss(torch.nn.Module):
+    """Cross-entropy with ``n`` components; ``count`` is a buffer a hook may change in place
+    after the step (as ELBO's beta is), returned as a component when ``live``."""
 
-    from torch.utils._python_dispatch import TorchDispatchMode
+    def __init__(self, n: int, live: bool = False):
+        super().__init__()
+        self.component_names = tuple(f"part{i}" for i in range(n)) + (("count",) if live else ())
+        self.register_buffer("count", torch.zeros(()))
 
+    def forward(self, logits, target):
+        loss = torch.nn.functional.cross_entropy(logits, target)
+        parts = {name: loss for name in self.component_names}  # parts a loss computes anyway
+        if "count" in parts:
+            parts["count"] = self.count
+        return loss, parts
+
+
+def small_trainer(loss_fn, steps=128, hooks=()):
+    """A BaseTrainer on one Linear over ``steps`` in-memory batches of 8, and its batches."""
     from trainforge.data.sampler import EpochSampler
     from trainforge.engine.amp import Precision
     from trainforge.engine.schedules import constant
     from trainforge.engine.trainer import BaseTrainer
+
+    class Batches(list):
+        batch_size = 8
+
+    torch.manual_seed(0)
+    x, y = torch.randn(steps * 8, 16), torch.randint(0, 3, (steps * 8,))
+    batches = Batches((x[i:i + 8], y[i:i + 8]) for i in range(0, len(x), 8))
+    model = torch.nn.Linear(16, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    trainer = BaseTrainer(model, opt, constant(opt, 1, 1), loss_fn, batches, EpochSampler(len(x), seed=0),
+                          Precision("fp32", torch.device("cpu")), torch.device("cpu"), epochs=1, hooks=hooks)
+    return trainer, batches
+
+
+def test_step_bookkeeping_launches_under_one_kernel_per_step_and_one_more_for_any_components():
+    """run_step's ops beyond the hand loop's (forward, backward, AdamW step, zero_grad) over
+    128 steps: the loss and grad norm cost no kernel per step (the epoch sums every 64 steps and
+    the sampled grad norm every 16 come to under one on average); components add one stack
+    per step whatever their number; the weights are bitwise the hand loop's."""
+    import collections
+    import copy
+
+    from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
         def __init__(self):
@@ -168,38 +199,39 @@ def test_step_bookkeeping_launches_under_one_kernel_per_step_whatever_the_metric
                 self.kernels[name] += 1
             return func(*args, **(kwargs or {}))
 
-    class Loss(torch.nn.Module):
-        component_names = tuple(f"part{i}" for i in range(components))
+    def extra_per_step(components: int) -> float:
+        trainer, batches = small_trainer(PartsLoss(components))
+        hand_model = copy.deepcopy(trainer.model)
+        opt, loss_fn = torch.optim.AdamW(hand_model.parameters(), lr=1e-3), PartsLoss(components)
+        with Count() as hand:
+            for inputs, target in batches:
+                loss_fn(hand_model(inputs), target)[0].backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        with Count() as ours:
+            for batch in batches:
+                trainer.run_step(batch)
+        assert not hand.kernels - ours.kernels  # the same step underneath
+        assert torch.equal(trainer.model.weight, hand_model.weight)  # and the same arithmetic
+        return sum((ours.kernels - hand.kernels).values()) / len(batches)
 
-        def forward(self, logits, target):
-            loss = torch.nn.functional.cross_entropy(logits, target)
-            return loss, {name: loss for name in self.component_names}  # parts a loss computes anyway
+    none, one, three = extra_per_step(0), extra_per_step(1), extra_per_step(3)
+    assert 0 < none < 1
+    assert one == three == none + 1
 
-    class Batches(list):
-        batch_size = 8
 
-    torch.manual_seed(0)
-    steps = 128
-    x, y = torch.randn(steps * 8, 16), torch.randint(0, 3, (steps * 8,))
-    batches = Batches((x[i:i + 8], y[i:i + 8]) for i in range(0, len(x), 8))
-    net = torch.nn.Linear(16, 3)
+def test_a_component_changed_in_place_after_its_step_is_logged_as_it_was():
+    """A loss may return a buffer as a component and change it after the step (ELBO's beta
+    follows the step count): each record and the epoch average hold the value of its step,
+    though the records are read later (here: all at the end)."""
+    from trainforge.engine.trainer import HookBase
 
-    hand_model = copy.deepcopy(net)
-    opt = torch.optim.AdamW(hand_model.parameters(), lr=1e-3)
-    with Count() as hand:
-        for inputs, target in batches:
-            Loss()(hand_model(inputs), target)[0].backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    class Bump(HookBase):
+        def after_step(self):
+            self.trainer.loss_fn.count += 1  # in place, as LossStepHook sets beta
 
-    model = copy.deepcopy(net)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    trainer = BaseTrainer(model, opt, constant(opt, 1, 1), Loss(), batches, EpochSampler(len(x), seed=0),
-                          Precision("fp32", torch.device("cpu")), torch.device("cpu"), epochs=1)
-    with Count() as ours:
-        for batch in batches:
-            trainer.run_step(batch)
-    extra = ours.kernels - hand.kernels
-    assert not hand.kernels - ours.kernels  # the same step underneath
-    assert 0 < sum(extra.values()) / steps < 1, dict(extra)
-    assert torch.equal(next(model.parameters()), next(hand_model.parameters()))  # and the same arithmetic
+    trainer, _ = small_trainer(PartsLoss(0, live=True), steps=8, hooks=[Bump()])
+    trainer.fit()
+    records = trainer.collect(block=True)
+    assert [r["values"][1] for r in records] == [float(i) for i in range(8)]
+    assert trainer.stats.summary()["count"] == 3.5

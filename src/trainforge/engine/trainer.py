@@ -281,8 +281,11 @@ class BaseTrainer:
             self.precision.backward(loss if weight == 1.0 else loss * weight)  # x1.0 is exact: skip the kernel
         lr = self.optimizer.param_groups[0]["lr"]  # the LR this window's update uses
         grad_norm = self._update() if boundary else self._no_norm
-        values = (loss.detach().float(), *(parts[k].detach().float() for k in self.component_names),
-                  grad_norm.float())  # no kernel: the meter and the epoch stats stack rows in blocks
+        # the row is read later (the meter and the epoch stats stack rows in blocks): the loss and
+        # grad norm are fresh tensors, kept by reference (no kernel); the components are copied
+        # by one stack, since a loss may return a buffer it changes in place later (ELBO's beta)
+        parts = [parts[k].detach().float() for k in self.component_names]
+        values = (loss.detach().float(), *(torch.stack(parts).unbind() if parts else ()), grad_norm.float())
         if self.world > 1:
             values = dist.weighted_mean(values, len(target))  # the global batch's values, on every rank
         self.stats.add(values)
