@@ -44,7 +44,8 @@ def child(variant: str, steps: int) -> None:
 
     import torch
 
-    sys.path.insert(0, str(ROOT / "src"))
+    sys.path[:0] = [str(ROOT / "src"), str(ROOT / "scripts")]
+    from bench_overhead import hand_epoch
     from trainforge.data.device import DeviceLoader
     from trainforge.data.sampler import EpochSampler
     from trainforge.engine.amp import Precision
@@ -66,16 +67,10 @@ def child(variant: str, steps: int) -> None:
     log = setup_logging(run_dir)
     log.handlers = [h for h in log.handlers if isinstance(h, logging.FileHandler)]  # training.log only
     if variant == "hand":
-        loss_fn = CELoss()
+        loss_fn, autocast = CELoss(), Precision("fp32", device).autocast
 
         def epoch():
-            for inputs, target in loader:
-                inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
-                loss = loss_fn(model(inputs), target)[0]
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                loss.item()
+            hand_epoch(model, opt, loader, loss_fn, autocast, device, item=True)
     else:
         trainer = BaseTrainer(model, opt, constant(opt, 1, 1), CELoss(), loader, sampler, Precision("fp32", device),
                               device, epochs=0, hooks=[LoggingHook(run_dir, interval=1, progress=False)])

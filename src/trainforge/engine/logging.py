@@ -82,10 +82,13 @@ class BatchedFileHandler(_LogFile):
             self._in_batch_emit = False
 
     def flush(self) -> None:
-        if self._in_batch_emit and time.monotonic() - self._flushed < self.FLUSH_S:
+        if self._in_batch_emit and not self._flush_due():
             return
         super().flush()
         self._flushed = time.monotonic()
+
+    def _flush_due(self) -> bool:
+        return time.monotonic() - self._flushed >= self.FLUSH_S
 
     def write_batch_line(self, message: str) -> None:
         """A batch line for this file alone, as ``emit`` would write it (``FILE_FORMAT``,
@@ -106,7 +109,7 @@ class BatchedFileHandler(_LogFile):
                 if self.stream is None:
                     self.stream = self._open()
                 self.stream.write(line)
-                if time.monotonic() - self._flushed >= self.FLUSH_S:
+                if self._flush_due():
                     self.flush()
             except OSError as exc:
                 self.failed = True

@@ -284,10 +284,9 @@ class BaseTrainer:
         # the row is read later (the meter and the epoch stats stack rows in blocks): the loss and
         # grad norm are fresh tensors, kept by reference (no kernel); the components are copied
         # by one stack, since a loss may return a buffer it changes in place later (ELBO's beta)
-        parts = [parts[k].detach().float() for k in self.component_names]
-        values = (loss.detach().float(), *(torch.stack(parts).unbind() if parts else ()), grad_norm.float())
-        if self.world > 1:
-            values = dist.weighted_mean(values, len(target))  # the global batch's values, on every rank
+        components = [parts[k].detach().float() for k in self.component_names]
+        values = (loss.detach().float(), *(torch.stack(components).unbind() if components else ()), grad_norm.float())
+        values = dist.weighted_mean(values, len(target))  # the global batch's values, on every rank
         self.stats.add(values)
         meta = {"epoch": self.epoch, "batch": self.batch_in_epoch, "step": self.step, "lr": lr}
         self.meter.push(meta, values)
@@ -387,7 +386,7 @@ class BaseTrainer:
         The sampler position counts samples of the whole (global) epoch consumed."""
         done = self.epoch_done()
         epoch, batch = self.epoch + done, 0 if done else self.batch_in_epoch
-        world = dist.world_size()
+        world = self.world
         return {"epoch": epoch, "batch_in_epoch": batch, "step": self.step, "history": list(self.history),
                 "sampler": {"epoch": epoch, "position": batch * self.train_loader.batch_size * world},
                 "epoch_stats": self.stats.state_dict(), "world_size": world}
@@ -396,8 +395,8 @@ class BaseTrainer:
         """Restore the counters; from another world size (a forced resume) the epoch goes
         on from the same global sample position."""
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
-        if state.get("world_size", 1) != dist.world_size():
-            self.batch_in_epoch = state["sampler"]["position"] // (self.train_loader.batch_size * dist.world_size())
+        if state.get("world_size", 1) != self.world:
+            self.batch_in_epoch = state["sampler"]["position"] // (self.train_loader.batch_size * self.world)
         self.history = list(state["history"])
         self.sampler.load_state_dict(state["sampler"])
         if self.batch_in_epoch:
@@ -406,7 +405,7 @@ class BaseTrainer:
     def request_stop(self, reason: str, signal_name: str | None = None) -> None:
         """Stop at the next window boundary (the step in flight finishes first). With several
         ranks the request waits for that boundary, where the ranks agree to stop together."""
-        if dist.world_size() > 1:
+        if self.world > 1:
             self.stop_request = self.stop_request or (reason, signal_name)
             return
         self.stop_reason = self.stop_reason or reason
