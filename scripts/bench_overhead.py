@@ -68,6 +68,7 @@ CASES = {  # name: (model, precision, batch size)
     "default": ("default", None, None),
     "tiny_fp32": ("tiny", "fp32", 64),  # one Linear: the step is almost all host work (a GPU's launch-bound regime)
 }
+CPU_STEPS = {"mlp": 40, "conv": 12, "tiny": 200}  # steps per epoch on a CPU (100 on a GPU)
 
 
 def mlp():
@@ -305,7 +306,7 @@ def run_case(name, device, args, tmp: Path) -> dict:
         steps = args.steps or (0 if device.type == "cuda" else 16)  # 0: the default 1280 samples, 64 steps
         variants, steps = default_experiment(device, run_dir, epochs, steps)
     else:
-        steps = args.steps or (100 if device.type == "cuda" else {"mlp": 40, "tiny": 200}.get(kind, 12))
+        steps = args.steps or (100 if device.type == "cuda" else CPU_STEPS[kind])
         variants, steps = synthetic(kind, mode, bs, steps, device, run_dir, epochs)
     times, errors = {k: [] for k in variants}, {}
     for r in range(epochs):

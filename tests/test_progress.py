@@ -81,8 +81,10 @@ def test_piped_lines_tensorboard_and_resume(train, tmp_path):
     first = train(*common, "trainer.epochs=1", f"hydra.run.dir={run}")
     assert batch_lines(first.stdout) == [(1, 1), (1, 3), (1, 6)]
     assert "%|" not in first.stdout + first.stderr
+    record = (run / ".hydra" / "overrides.yaml").read_text()
     second = train(*common, "trainer.epochs=2", f"resume={run}")
     assert batch_lines(second.stdout) == [(2, 1), (2, 3), (2, 6)]
+    assert (run / ".hydra" / "overrides.yaml").read_text() == record  # the run's composition, kept by its resume
     assert batch_lines((run / "training.log").read_text()) == [(e, b) for e in (1, 2) for b in range(1, 9)]
 
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})

@@ -73,15 +73,19 @@ def test_sweep_gives_one_full_run_dir_per_job_and_a_summary(train, tmp_path):
     assert [contract(job) for job in jobs] == [[], []]
 
 
-def test_existing_run_directory_is_never_overwritten(train, train_here, tmp_path):
+def test_existing_run_directory_is_never_overwritten(train, tmp_path):
     run = tmp_path / "run"
-    train_here(run, *SMALL, "trainer.epochs=1")
-    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
-    proc = train(*SMALL, "trainer.epochs=1", f"hydra.run.dir={run}", check=False)
+    train(*SMALL, "trainer.epochs=1", "seed=1", f"hydra.run.dir={run}")
+
+    def files():  # every file, Hydra's record in .hydra/ included
+        return {str(p.relative_to(run)): (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file()}
+
+    before = files()
+    assert ".hydra/overrides.yaml" in before
+    proc = train(*SMALL, "trainer.epochs=1", "seed=2", f"hydra.run.dir={run}", check=False)
     assert proc.returncode != 0
     assert "already holds a run" in proc.stderr and str(run) in proc.stderr
-    after = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file()}
-    assert after == before
+    assert files() == before
 
 
 def test_default_experiment_reaches_dice_0_8(train, tmp_path):

@@ -44,7 +44,19 @@ def start_time(pattern: str) -> str:
     return moment.strftime(pattern)
 
 
+def hydra_record(output_dir: str):
+    """``hydra.output_subdir``: where Hydra records the composition (config, hydra,
+    overrides): ``.hydra`` in a new run directory; none in one that already holds a run, so
+    a resume keeps the record of how the run was started (the resume's own overrides are in
+    its checkpoint, its final config in ``config.yaml``) and a run refused there changes
+    nothing."""
+    from trainforge.rundir import holds_run
+
+    return None if holds_run(output_dir) else ".hydra"
+
+
 OmegaConf.register_new_resolver("tf_run_dir", run_dir_for, replace=True)
+OmegaConf.register_new_resolver("tf_hydra_record", hydra_record, replace=True)
 OmegaConf.register_new_resolver("tf_now", start_time, use_cache=True, replace=True)
 
 
