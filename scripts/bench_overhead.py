@@ -1,7 +1,7 @@
 """What trainforge costs per step, against hand-written loops, interleaved in one process.
 
     python scripts/bench_overhead.py [--device auto|cpu|cuda] [--rounds 7] [--cases mlp_fp32,...] [--clock cpu --threads 1]
-                                     [--json docs/benchmarks/overhead_<machine>.jsonl]
+                                     [--control] [--json docs/benchmarks/overhead_<machine>.jsonl]
 
 Variants, each run for one epoch per round, round-robin, so machine noise hits all alike:
 
@@ -11,6 +11,9 @@ Variants, each run for one epoch per round, round-robin, so machine noise hits a
       every batch line into training.log, no stdout), constant LR, no validation
   c_dev  the same with the data set kept on the device (``DeviceLoader``, as data.on_device=true)
   d   Lightning, when it is installed (a LightningModule logging its loss every step)
+  a2  with ``--control``: a second hand loop identical to (a), run last in each round; its
+      ratio to (a) is what two equal loops differ by on this machine in this run (noise,
+      memory placement), the yardstick for reading ``c_over_a_ratio``
 
 Cases: an MLP 256-512-512-10 (batch 64, fp32 and bf16), a 3-layer conv net on 3x64x64
 (batch 16 bf16, batch 64 fp32), both on a ``TensorDataset`` through a default ``DataLoader``;
@@ -20,7 +23,8 @@ model on a fast GPU is), so ``c_ms - a_ms`` there is the framework's own host co
 
 Output (stable): one JSON line per case with ``case``, ``device``, ``steps`` (per epoch),
 ``rounds``, ``<variant>_ms`` (median ms/step over the rounds) and ratios of those medians
-``c_over_a_ratio``, ``c_over_b_ratio``, ``c_dev_over_a_ratio``, ``d_over_a_ratio`` (when d ran);
+``c_over_a_ratio``, ``c_over_b_ratio``, ``c_dev_over_a_ratio``, ``d_over_a_ratio`` (when d ran),
+``a2_over_a_ratio`` (with ``--control``);
 ``c_over_a_paired_ratio`` and ``c_dev_over_a_paired_ratio``: the median over rounds of the
 round's own ratio (the variants of a round run back to back, so a machine that slows down for a
 few seconds slows both; on a shared or virtual machine this is the steadier figure); and
@@ -235,7 +239,7 @@ def lightning_variant(model, loader, loss_fn, mode, device, epochs):
     return gate.start_thread(trainer.fit, Module(), loader)
 
 
-def synthetic(kind, mode, bs, steps, device, run_dir, epochs):
+def synthetic(kind, mode, bs, steps, device, run_dir, epochs, control):
     """Variants for the MLP and conv cases: same init, data, optimizer for each."""
     torch.manual_seed(0)
     n = steps * bs
@@ -260,10 +264,13 @@ def synthetic(kind, mode, bs, steps, device, run_dir, epochs):
                           epochs)
     if d is not None:
         variants["d"] = d
+    if control:
+        variants["a2"] = Hand(copy.deepcopy(net), DataLoader(data, batch_size=bs, shuffle=True), loss_fn, prec, device,
+                              True)
     return variants, steps
 
 
-def default_experiment(device, run_dir, epochs, steps):
+def default_experiment(device, run_dir, epochs, steps, control):
     """The default experiment (glint, UNet, focal loss, its preloaded HDF5 loader), built by
     ``build``; the hand loops iterate the same loader. No validation or checkpoints."""
     from hydra import compose, initialize_config_dir
@@ -291,6 +298,8 @@ def default_experiment(device, run_dir, epochs, steps):
         for hook in trainer.hooks:
             hook.trainer = trainer
         variants[name] = gate.start_thread(trainer.fit)
+    if control:
+        variants["a2"] = Hand(copy.deepcopy(tf.model), tf.train_loader, tf.loss_fn, tf.precision, device, True)
     return variants, tf.batches_per_epoch
 
 
@@ -304,10 +313,10 @@ def run_case(name, device, args, tmp: Path) -> dict:
     log.handlers = [h for h in log.handlers if isinstance(h, logging.FileHandler)]  # stdout: the JSON lines only
     if kind == "default":
         steps = args.steps or (0 if device.type == "cuda" else 16)  # 0: the default 1280 samples, 64 steps
-        variants, steps = default_experiment(device, run_dir, epochs, steps)
+        variants, steps = default_experiment(device, run_dir, epochs, steps, args.control)
     else:
         steps = args.steps or (100 if device.type == "cuda" else CPU_STEPS[kind])
-        variants, steps = synthetic(kind, mode, bs, steps, device, run_dir, epochs)
+        variants, steps = synthetic(kind, mode, bs, steps, device, run_dir, epochs, args.control)
     times, errors = {k: [] for k in variants}, {}
     for r in range(epochs):
         for key, variant in list(variants.items()):
@@ -328,8 +337,9 @@ def run_case(name, device, args, tmp: Path) -> dict:
     row["c_over_a_ratio"] = round(med["c"] / med["a"], 4)
     row["c_over_b_ratio"] = round(med["c"] / med["b"], 4)
     row["c_dev_over_a_ratio"] = round(med["c_dev"] / med["a"], 4)
-    if "d" in med:
-        row["d_over_a_ratio"] = round(med["d"] / med["a"], 4)
+    for k in ("d", "a2"):
+        if k in med:
+            row[f"{k}_over_a_ratio"] = round(med[k] / med["a"], 4)
     for k in ("c", "c_dev"):  # the same round's epochs ran back to back: slow drift cancels in their ratio
         row[f"{k}_over_a_paired_ratio"] = round(statistics.median(x / y for x, y in zip(times[k], times["a"])), 4)
     row["rounds_ms"] = {k: [round(t, 3) for t in v] for k, v in times.items()}
@@ -354,6 +364,8 @@ def main():
     ap.add_argument("--clock", choices=list(CLOCK), default="wall",
                     help="wall (default) or cpu: this process's CPU time, for CPUs shared with other jobs")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--control", action="store_true",
+                    help="add a2, a copy of the hand loop (a): a2_over_a_ratio shows this run's noise")
     ap.add_argument("--json", default=None, help="also append the lines, with machine/command/date, to this file")
     args = ap.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else

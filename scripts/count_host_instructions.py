@@ -115,7 +115,8 @@ def counts(jobs: list, case: str | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for n, (variant, steps) in enumerate(jobs):
             cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={tmp}/{n}.out",
-                   sys.executable, __file__, "--child", variant, "--steps", str(steps), *(["--case", case] if case else [])]
+                   sys.executable, __file__, "--child", variant, "--steps", str(steps),
+                   *(["--case", case] if case else [])]
             running.append(((variant, steps), subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                                                                 stderr=subprocess.PIPE, text=True)))
             if len(running) == 2 or n == len(jobs) - 1:

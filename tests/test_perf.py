@@ -235,3 +235,30 @@ def test_a_component_changed_in_place_after_its_step_is_logged_as_it_was():
     records = trainer.collect(block=True)
     assert [r["values"][1] for r in records] == [float(i) for i in range(8)]
     assert trainer.stats.summary()["count"] == 3.5
+
+
+def test_bench_overhead_prints_one_line_per_case_with_its_stable_keys(env, tmp_path):
+    """The benchmark that checks the speed targets runs (a GPU session has minutes, not a
+    retry) and prints the keys its readers use, on a tiny budget here."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "bench.jsonl"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_overhead.py"), "--device", "cpu",
+                           "--cases", "tiny_fp32,default", "--rounds", "2", "--warmup", "0", "--steps", "3",
+                           "--control", "--json", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["case"] for r in rows] == ["tiny_fp32", "default"]
+    for row in rows:
+        assert row["steps"] == 3 and row["rounds"] == 2
+        for key in ("a", "b", "c", "c_dev", "a2"):
+            assert row[f"{key}_ms"] > 0 and len(row["rounds_ms"][key]) == 2
+        for key in ("c_over_a", "c_over_b", "c_dev_over_a", "a2_over_a", "c_over_a_paired", "c_dev_over_a_paired"):
+            assert row[f"{key}_ratio"] > 0
+        assert abs(row["c_over_a_ratio"] - row["c_ms"] / row["a_ms"]) < 1e-3 * row["c_over_a_ratio"]
+    recorded = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["case"] for r in recorded] == ["tiny_fp32", "default"] and all("machine" in r for r in recorded)

@@ -51,6 +51,8 @@ CATCHERS = {
     "accuracy_last_batch_only": [f"{L}::test_accuracy_equals_sklearn_for_class_and_binary_logits"],
     "per_step_stack": ["tests/test_perf.py::test_step_bookkeeping_launches_under_one_kernel_per_step_and_one_more_for_any_components"],
     "components_by_reference": ["tests/test_perf.py::test_a_component_changed_in_place_after_its_step_is_logged_as_it_was"],
+    "hydra_record_overwritten": ["tests/test_train_cli.py::test_existing_run_directory_is_never_overwritten",
+                                 "tests/test_progress.py::test_piped_lines_tensorboard_and_resume"],
     "sweep_live_writers_temp": ["tests/test_checkpoint.py::test_sweep_removes_temp_files_of_ended_writers_and_keeps_a_live_writers"],
 }
 
