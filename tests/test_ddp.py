@@ -65,9 +65,9 @@ def assert_matches(ref: Path, run: Path, tol: float = 1e-5) -> None:
     assert len(batch_lines(run)) == len(batch_lines(ref))  # one log, each batch once (rank 0 only)
 
 
-def test_two_ranks_equal_one_process_with_the_global_batch(train, env, tmp_path):
+def test_two_ranks_equal_one_process_with_the_global_batch(train, train_here, env, tmp_path):
     one, spawned = tmp_path / "one", tmp_path / "spawned"
-    train(*DET, "trainer.epochs=1", "data.batch_size=16", f"hydra.run.dir={one}")
+    train_here(one, *DET, "trainer.epochs=1", "data.batch_size=16")  # the one-process reference, in this process
     proc = train(*DET, "trainer.epochs=1", "data.batch_size=8", "trainer.devices=2", f"hydra.run.dir={spawned}")
     assert "per-rank batch 8, global batch 16" in proc.stdout
     assert_matches(one, spawned)

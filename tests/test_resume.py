@@ -72,10 +72,10 @@ def start(env, tmp_path, *args):
 
 
 @pytest.mark.parametrize("workers", [pytest.param(0, marks=pytest.mark.slow), 2])  # CI time: [2] runs by default
-def test_sigkill_at_any_moment_then_resume_auto_is_exact(train, env, tmp_path, workers):
+def test_sigkill_at_any_moment_then_resume_auto_is_exact(train, train_here, env, tmp_path, workers):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     args = [*LONG, "trainer.epochs=2", f"data.num_workers={workers}"]
-    train(*args, f"hydra.run.dir={straight}")
+    train_here(straight, *args)  # the reference, in this process (as train.py runs it, less the start-up)
     proc = start(env, tmp_path, *args, f"hydra.run.dir={killed}")
     wait_for(killed / "latest_checkpoint.pth", proc)
     time.sleep(random.uniform(0.0, 1.0))  # an arbitrary moment after the first mid-epoch save
@@ -87,10 +87,10 @@ def test_sigkill_at_any_moment_then_resume_auto_is_exact(train, env, tmp_path, w
     assert_same_run(straight, killed)
 
 
-def test_sigterm_mid_epoch_saves_marks_preempted_and_resumes_exactly(train, env, tmp_path):
+def test_sigterm_mid_epoch_saves_marks_preempted_and_resumes_exactly(train, train_here, env, tmp_path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     args = [*DET, "data.num_samples=800", "trainer.epochs=2"]
-    train(*args, f"hydra.run.dir={straight}")
+    train_here(straight, *args)
     # batch lines on stdout (flushed per line; training.log batches its writes), to signal mid-epoch
     shown = [a for a in args if not a.startswith("log.progress")]
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *shown, f"hydra.run.dir={stopped}"],
