@@ -170,6 +170,22 @@ def test_a_refused_value_is_reported_before_torch_is_imported(env, tmp_path):
     assert "hydra" in imported and "torch" not in imported
 
 
+def test_a_refused_run_leaves_no_empty_run_directory(env, tmp_path):
+    """A typo costs no clutter: the new outputs/DATE/TIME/ that Hydra made for a refused
+    run (it holds only Hydra's record) is removed; another run's directory and one named
+    by hydra.run.dir stay."""
+    other = tmp_path / "outputs" / "2000-01-01" / "00-00-00_000000"
+    (other / ".hydra").mkdir(parents=True)
+    (other / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    named = tmp_path / "named"
+    for args in (["trainer.epochs=-1"], ["resume=/no/such/run"], ["trainer.epochs=-1", f"hydra.run.dir={named}"]):
+        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.startswith("trainforge: error: "), (args, proc.stderr)
+    assert list((tmp_path / "outputs").glob("*/*")) == [other]
+    assert (other / ".hydra" / "overrides.yaml").exists() and (named / ".hydra" / "overrides.yaml").exists()
+
+
 def test_bad_inputs_on_the_command_line(env, files, tmp_path):
     procs = []
     for i, args in enumerate(CLI):

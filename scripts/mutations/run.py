@@ -53,6 +53,7 @@ CATCHERS = {
     "components_by_reference": ["tests/test_perf.py::test_a_component_changed_in_place_after_its_step_is_logged_as_it_was"],
     "hydra_record_overwritten": ["tests/test_train_cli.py::test_existing_run_directory_is_never_overwritten",
                                  "tests/test_progress.py::test_piped_lines_tensorboard_and_resume"],
+    "refused_run_dir_kept": ["tests/test_door.py::test_a_refused_run_leaves_no_empty_run_directory"],
     "sweep_live_writers_temp": ["tests/test_checkpoint.py::test_sweep_removes_temp_files_of_ended_writers_and_keeps_a_live_writers"],
 }
 

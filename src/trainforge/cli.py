@@ -25,14 +25,47 @@ def run_dir_for(resume, default: str) -> str:
     A path that does not exist also gets a new directory; ``run`` then reports it.
     """
     if resume in (None, "", "auto"):
-        return default
+        return _new_dir(default)
     path = Path(str(resume)).expanduser()
     if path.is_dir():
         return str(path)
     if path.is_file():
         parent = path.parent
         return str(parent.parent if parent.name == "checkpoints" else parent)
-    return default
+    return _new_dir(default)
+
+
+_NEW_DIRS: list = []  # default run directories this process named before they existed
+HYDRA_RECORD = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+
+
+def _new_dir(path: str) -> str:
+    if path not in _NEW_DIRS and not os.path.exists(path):
+        _NEW_DIRS.append(path)
+    return path
+
+
+def drop_refused_run_dirs() -> None:
+    """After a single run refused at the door: remove the new run directory Hydra made
+    for it (``outputs/DATE/TIME/``) when it holds nothing but Hydra's record of the refused
+    composition, so typos leave no empty runs behind. Only a directory this process named
+    before it existed (never one given by ``hydra.run.dir`` or ``resume``); a run refused
+    after it wrote its status or log keeps them."""
+    for name in _NEW_DIRS:
+        run_dir, record = Path(name), Path(name) / ".hydra"
+        try:
+            if {p.name for p in run_dir.iterdir()} - {".hydra"}:
+                continue
+            if record.exists() and {p.name for p in record.iterdir()} - HYDRA_RECORD:
+                continue
+            for p in record.glob("*"):
+                p.unlink()
+            if record.exists():
+                record.rmdir()
+            run_dir.rmdir()
+            run_dir.parent.rmdir()  # outputs/DATE/ when this was its only run (not empty: stays)
+        except OSError:
+            continue
 
 
 def start_time(pattern: str) -> str:
@@ -131,6 +164,8 @@ def guarded(main) -> None:
             raise
         if quiet:
             sys.exit(1 if not isinstance(exc, USER_ERRORS) else getattr(exc, "exit_code", 2))
+        if not multirun and isinstance(exc, USER_ERRORS):
+            drop_refused_run_dirs()
         if not isinstance(exc, USER_ERRORS):  # a crash: say what and where its traceback is
             where = getattr(exc, "training_log", None)
             hint = f"traceback in {where}" if where else "HYDRA_FULL_ERROR=1 shows the traceback"
