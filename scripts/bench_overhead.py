@@ -249,10 +249,11 @@ def synthetic(kind, mode, bs, steps, device, run_dir, epochs, control):
     net = {"mlp": mlp, "conv": conv, "tiny": tiny}[kind]().to(device)
     loss_fn = CELoss()
     prec = Precision(mode, device)
-    variants = {
-        "a": Hand(copy.deepcopy(net), DataLoader(data, batch_size=bs, shuffle=True), loss_fn, prec, device, True),
-        "b": Hand(copy.deepcopy(net), DataLoader(data, batch_size=bs, shuffle=True), loss_fn, prec, device, False),
-    }
+
+    def hand(item):
+        return Hand(copy.deepcopy(net), DataLoader(data, batch_size=bs, shuffle=True), loss_fn, prec, device, item)
+
+    variants = {"a": hand(True), "b": hand(False)}
     sampler = EpochSampler(n, seed=0)
     variants["c"] = trainforge_variant(copy.deepcopy(net), DataLoader(data, batch_size=bs, sampler=sampler),
                                        sampler, loss_fn, mode, device, run_dir / "c", epochs)
@@ -265,8 +266,7 @@ def synthetic(kind, mode, bs, steps, device, run_dir, epochs, control):
     if d is not None:
         variants["d"] = d
     if control:
-        variants["a2"] = Hand(copy.deepcopy(net), DataLoader(data, batch_size=bs, shuffle=True), loss_fn, prec, device,
-                              True)
+        variants["a2"] = hand(True)
     return variants, steps
 
 
@@ -287,10 +287,11 @@ def default_experiment(device, run_dir, epochs, steps, control):
         return build(cfg, run_dir / name)
 
     tf, tf_dev = make("c"), make("c_dev", "data.on_device=true")
-    variants = {
-        "a": Hand(copy.deepcopy(tf.model), tf.train_loader, tf.loss_fn, tf.precision, device, True),
-        "b": Hand(copy.deepcopy(tf.model), tf.train_loader, tf.loss_fn, tf.precision, device, False),
-    }
+
+    def hand(item):
+        return Hand(copy.deepcopy(tf.model), tf.train_loader, tf.loss_fn, tf.precision, device, item)
+
+    variants = {"a": hand(True), "b": hand(False)}
     for name, trainer in (("c", tf), ("c_dev", tf_dev)):
         gate = Gate(device)
         logger = next(h for h in trainer.hooks if isinstance(h, LoggingHook))
@@ -299,7 +300,7 @@ def default_experiment(device, run_dir, epochs, steps, control):
             hook.trainer = trainer
         variants[name] = gate.start_thread(trainer.fit)
     if control:
-        variants["a2"] = Hand(copy.deepcopy(tf.model), tf.train_loader, tf.loss_fn, tf.precision, device, True)
+        variants["a2"] = hand(True)
     return variants, tf.batches_per_epoch
 
 
@@ -354,6 +355,12 @@ def device_name(device) -> str:
     return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
+def record_stamp(machine: str) -> dict:
+    """What a ``--json`` line carries besides the figures (also count_host_instructions.py's)."""
+    return {"machine": machine, "torch": torch.__version__, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
@@ -377,9 +384,7 @@ def main():
     global now
     now = CLOCK[args.clock]
     os.environ.setdefault("TRAINFORGE_DATA_DIR", str(Path(tempfile.gettempdir()) / "trainforge-bench-data"))
-    stamp = {"machine": f"{platform.node()} {device_name(device)}", "torch": torch.__version__,
-             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    stamp = record_stamp(f"{platform.node()} {device_name(device)}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.cases.split(","):
             if name not in CASES:

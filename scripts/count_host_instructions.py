@@ -37,7 +37,6 @@ takes a few minutes under valgrind.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import os
@@ -176,9 +175,7 @@ def report(row: dict, json_path) -> None:
     """Prints the line; with ``--json`` also appends it, with machine, command and date."""
     print(json.dumps(row), flush=True)
     if json_path:
-        stamp = {"machine": f"{platform.node()} cpu ({os.cpu_count()} cores)",
-                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-                 "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        stamp = bench_overhead.record_stamp(f"{platform.node()} cpu ({os.cpu_count()} cores)")
         with open(json_path, "a") as f:
             f.write(json.dumps({**row, **stamp}) + "\n")
 

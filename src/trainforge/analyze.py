@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import socket
 import sys
@@ -164,13 +163,9 @@ def _alive(status: dict) -> bool | None:
     """Whether the run's process still exists (None: it ran on another host)."""
     if status.get("host") != socket.gethostname() or not status.get("pid"):
         return None
-    try:
-        os.kill(int(status["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from trainforge.rundir import process_ended
+
+    return not process_ended(int(status["pid"]))
 
 
 def warnings_for(run: Run) -> list:

@@ -63,18 +63,23 @@ class RunLock:
 ORPHAN_WAIT_S = 15.0
 
 
+def process_ended(pid: int) -> bool:
+    """Whether process ``pid`` of this host has ended (one of another user's is alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _gone(holder: str) -> bool:
     """Whether the stamp ``pid N on HOST`` names a process of this host that has ended."""
     parts = holder.split()
-    if len(parts) != 4 or parts[0] != "pid" or parts[3] != socket.gethostname():
+    if len(parts) != 4 or parts[0] != "pid" or parts[3] != socket.gethostname() or not parts[1].isdigit():
         return False
-    try:
-        os.kill(int(parts[1]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError):
-        return False
-    return False
+    return process_ended(int(parts[1]))
 
 
 def holds_run(run_dir) -> bool:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from trainforge.errors import CheckpointError, WriteError
+from trainforge.rundir import process_ended
 
 FORMAT_VERSION = 1
 LATEST = "latest_checkpoint.pth"
@@ -55,15 +56,7 @@ def _writer_gone(tmp: Path) -> bool:
         pid = int(tmp.name.rsplit(".", 2)[-2])
     except (ValueError, IndexError):
         return True  # not ours to keep
-    if pid == os.getpid():
-        return True  # this process writes nothing while it sweeps
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # alive, another user's
-    return False
+    return pid == os.getpid() or process_ended(pid)  # this process writes nothing while it sweeps
 
 
 def _os_fault(exc: BaseException) -> bool:
