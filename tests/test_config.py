@@ -53,6 +53,17 @@ def test_help_lists_every_option_no_schema_and_the_commands():
         assert command in HELP, command
 
 
+def test_cfg_hydra_resolve_prints_the_run_directory_and_makes_none(tmp_path):
+    """``--cfg hydra`` drops the job's keys before printing: the run directory's rule may not
+    need them (it once read ``${resume}`` and failed with "Interpolation key 'resume' not found")."""
+    env = dict(os.environ, TRAINFORGE_DATA_DIR=str(tmp_path / "data"))
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--cfg", "hydra", "--resolve"], cwd=tmp_path,
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^    dir: outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d_\d{6}$", proc.stdout, re.M), proc.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_every_option_has_its_own_test_here():
     """A new option in conf/ fails this until a test below says what makes it that option.
     (log, trainer and checkpoint have one option each, ``default``: every run composes it.)"""
