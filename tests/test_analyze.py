@@ -105,6 +105,10 @@ def test_run_plots_hold_the_csv_values_and_summary_names_best_epoch(run_dir, men
     batches = rows(run_dir / "batch_metrics.csv")
     loss = column(batches, "loss")
     n = max(int(r["batch"]) for r in batches)
+    for row in epochs:  # the epoch's train loss: mean, min and max of its batch losses (equal batches here)
+        own = [float(r["loss"]) for r in batches if r["epoch"] == row["epoch"]]
+        assert len(own) == n and math.isclose(float(row["train_loss"]), statistics.fmean(own), rel_tol=1e-5)
+        assert (float(row["train_loss_min"]), float(row["train_loss_max"])) == (min(own), max(own)), row
     got = lines(figs["batch_loss"])
     assert close(got["loss"][1], loss) and len(loss) == 3 * n
     assert close(got["loss"][0], [int(r["epoch"]) - 1 + int(r["batch"]) / n for r in batches])
@@ -204,3 +208,10 @@ def test_warnings_name_rising_loss_nonfinite_steps_and_a_train_val_gap(tmp_path)
     assert "2 non-finite batch loss(es) (epochs 2)" in warnings
     assert any(w.startswith("val_loss is 2.5x train_loss") for w in warnings)
     assert "Missing: status.json" in analyze.format_summary(analyze.summary(analyze.load_run(run)))
+    assert analyze.best_epoch(analyze.load_run(run)) == (1, 1.0)  # val_loss, min: the lowest, not the highest
+
+    for val, warned in ((0.95, True), (0.85, False)):  # 1.58x and 1.42x train_loss 0.6: the threshold is 1.5x
+        (run / "epoch_metrics.csv").write_text("epoch,train_loss,val_loss\n1,1.0,1.0\n2,0.5,0.7\n"
+                                               f"3,0.6,{val}\n")
+        warnings = analyze.summary(analyze.load_run(run))["warnings"]
+        assert any(w.startswith("val_loss is 1.") for w in warnings) == warned, (val, warnings)

@@ -67,6 +67,30 @@ def test_retention_keeps_last_n_and_top_k_and_indexes_why(tmp_path):
     assert load_checkpoint(tmp_path / "latest_checkpoint.pth")["epoch"] == 5
 
 
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_best_follows_the_mode_and_epoch_files_follow_save_freq_and_keep_all(tmp_path, mode):
+    """best_model.pth and best_model_weights.pt hold the best epoch by ``mode``, also when a
+    later epoch is worse; ``save_freq=2`` writes every second epoch; ``keep_last_n=0`` keeps
+    every epoch file; ``top_k`` ranks by ``mode``."""
+    mgr = CheckpointManager(tmp_path, save_freq=2, keep_last_n=0, top_k=1, monitor="val_x", mode=mode)
+    metrics = [0.5, 0.2, 0.9, 0.4, 0.6, 0.3]
+    for epoch, m in enumerate(metrics, start=1):
+        mgr.save_epoch(epoch, m, {}, {"model": {}, "epoch": epoch}, {"w": torch.full((1,), float(epoch))})
+    best = 2 if mode == "min" else 3  # 0.2 / 0.9
+    assert load_checkpoint(tmp_path / "best_model.pth")["epoch"] == best
+    assert torch.load(tmp_path / "best_model_weights.pt", weights_only=True)["w"].item() == best
+    files = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pth"))
+    assert files == ["checkpoint_epoch_002.pth", "checkpoint_epoch_004.pth", "checkpoint_epoch_006.pth"]
+    rules = {e["file"]: e["rule"] for e in json.loads((tmp_path / "checkpoints/index.json").read_text())["checkpoints"]}
+    top = "checkpoints/checkpoint_epoch_002.pth" if mode == "min" else "checkpoints/checkpoint_epoch_004.pth"
+    assert rules[top] == ["last_n", "top_k"]  # of the saved epochs 2, 4, 6: 0.2 is the lowest, 0.4 the highest
+    assert [r for f, r in rules.items() if f.startswith("checkpoints/") and f != top] == [["last_n"]] * 2
+
+    none = CheckpointManager(tmp_path / "none", save_freq=0)
+    none.save_epoch(1, 0.1, {}, {"model": {}, "epoch": 1}, {"w": torch.zeros(1)})
+    assert not list((tmp_path / "none").glob("checkpoints/*.pth")) and (tmp_path / "none" / "best_model.pth").is_file()
+
+
 def test_truncated_empty_and_foreign_checkpoints_give_one_line(tmp_path):
     good = tmp_path / "good.pth"
     atomic_save(good_ckpt(1.0), good)

@@ -190,6 +190,10 @@ def test_sampler_splits_ranks_skips_in_place_and_buckets_deterministically():
     full.set_epoch(2)
     order = list(full)
     assert sorted(order) == list(range(10)) and order != list(range(10))
+    for other_epoch, other_seed in ((3, 3), (2, 4)):  # each epoch and each seed its own order
+        other = EpochSampler(10, seed=other_seed)
+        other.set_epoch(other_epoch)
+        assert list(other) != order
     ranks = [EpochSampler(10, seed=3, rank=r, world_size=3) for r in range(3)]
     for s in ranks:
         s.set_epoch(2)

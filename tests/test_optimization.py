@@ -12,6 +12,9 @@ import torch
 
 from conftest import SMALL, write_h5
 from trainforge.build import build
+from trainforge.engine.checkpoint import load_checkpoint
+from trainforge.engine.hooks import EvalHook
+from trainforge.engine.trainer import GRAD_NORM_EVERY
 from trainforge.data.glint import make_glint
 
 BASE = 3e-3
@@ -91,10 +94,14 @@ def test_schedule_counts_optimizer_steps_not_batches(train_here, tmp_path):
         assert math.isclose(float(row["lr"]), BASE * (1 + math.cos(math.pi * s / (total - 1))) / 2, rel_tol=1e-9)
 
 
-def test_plateau_reduces_after_patience_decided_after_validation(train_here, tmp_path):
-    run = tmp_path / "plateau"
-    train_here(run, *SMALL, "scheduler=plateau", "scheduler.patience=1", "scheduler.factor=0.5", "optimizer=sgd",
-               "optimizer.lr=1e-7", "trainer.epochs=5")
+def test_plateau_reduces_after_patience_decided_after_validation_and_resumes_its_count(train_here, tmp_path):
+    run, resumed = tmp_path / "plateau", tmp_path / "resumed"
+    args = [*SMALL, "scheduler=plateau", "scheduler.patience=1", "scheduler.factor=0.5", "optimizer=sgd",
+            "optimizer.lr=1e-7", "trainer.deterministic=true"]
+    train_here(run, *args, "trainer.epochs=6")
+    train_here(resumed, *args, "trainer.epochs=3")
+    train_here(resumed, f"resume={resumed}", "trainer.epochs=6")  # the plateau's best and bad-epoch count travel
+    assert [r["lr"] for r in rows(resumed / "epoch_metrics.csv")] == [r["lr"] for r in rows(run / "epoch_metrics.csv")]
     epochs = rows(run / "epoch_metrics.csv")
     lr, best, bad = 1e-7, math.inf, 0
     for row in epochs:  # ReduceLROnPlateau's rule (mode=min, rel threshold 1e-4), written out
@@ -150,6 +157,47 @@ def test_clipping_uses_global_norm_and_logs_norm_before_clipping(make_trainer):
     moved = torch.linalg.vector_norm(torch.stack([(a - b).norm() for a, b in zip(weights(trainer).values(),
                                                                                  before.values())]))
     assert math.isclose(moved.item(), 0.001, rel_tol=1e-3)
+
+
+def test_seed_sets_the_initial_weights_and_the_batch_order(make_trainer):
+    a, b, c = make_trainer("seed=0", name="a"), make_trainer("seed=0", name="b"), make_trainer("seed=1", name="c")
+    same = [torch.equal(x, y) for x, y in zip(weights(a).values(), weights(b).values())]
+    other = [torch.equal(x, y) for x, y in zip(weights(a).values(), weights(c).values())]
+    assert all(same) and not all(other)  # the norms start at 1 and 0 under either seed
+    assert list(a.sampler) == list(b.sampler) != list(c.sampler)
+
+
+def test_validation_is_the_sample_weighted_mean_in_eval_mode(compose_cfg, tmp_path):
+    """The digits CNN has dropout and 360 validation samples in batches of 64 (the last one
+    holds 40): the validation loss and accuracy equal one eval-mode pass over the whole set."""
+    trainer = build(compose_cfg("experiment=digits", "log.progress=false"), tmp_path / "run")
+    evaluate = next(h for h in trainer.hooks if isinstance(h, EvalHook))
+    assert len(evaluate.loader.dataset) % 64 != 0
+    trainer.model.train()
+    evaluate.after_epoch()
+    assert trainer.model.training  # given back in training mode
+    inputs, target = (torch.cat(parts) for parts in zip(*evaluate.loader))
+    with torch.no_grad():
+        output = copy.deepcopy(trainer.model).eval()(inputs)
+    loss, _ = trainer.loss_fn(output, target)
+    assert math.isclose(trainer.val_metrics["loss"], loss.item(), rel_tol=1e-5)
+    assert trainer.val_metrics["accuracy"] == (output.argmax(1) == target).double().mean().item()
+
+
+def test_epoch_grad_norm_is_the_mean_of_its_measured_windows(train_here, tmp_path):
+    """Without per-batch metrics the norm is measured on windows 0, 16, 32, ... of each epoch
+    (the same training: measuring changes no gradient); save_optimizer=false leaves it out."""
+    every, sparse = tmp_path / "every", tmp_path / "sparse"
+    args = [*SMALL, "data.num_samples=800", "trainer.epochs=1", "trainer.deterministic=true"]  # 40 batches
+    train_here(every, *args, "log.batch_metrics=true")
+    train_here(sparse, *args, "checkpoint.save_optimizer=false")
+    norms = [float(r["grad_norm"]) for r in rows(every / "batch_metrics.csv")]
+    measured = norms[::GRAD_NORM_EVERY]
+    assert len(norms) == 40 and len(measured) == 3
+    got = float(rows(sparse / "epoch_metrics.csv")[0]["train_grad_norm"])
+    assert math.isclose(got, sum(measured) / len(measured), rel_tol=1e-6), (got, measured)
+    assert "optimizer" in load_checkpoint(every / "latest_checkpoint.pth")
+    assert "optimizer" not in load_checkpoint(sparse / "latest_checkpoint.pth")
 
 
 def test_bf16_autocast_trains_on_cpu(make_trainer):

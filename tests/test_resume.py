@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -15,11 +16,13 @@ import torch
 
 from conftest import ROOT
 from trainforge.build import build_model
-from trainforge.engine.checkpoint import load_checkpoint
+from trainforge.engine.checkpoint import CheckpointManager, load_checkpoint
+from trainforge.engine.logging import BatchedFileHandler
 from trainforge.errors import CheckpointError, Preempted
 
 DET = ["data.image_size=32", "log.progress=false", "trainer.deterministic=true", "log.batch_metrics=true"]
 QUICK = [*DET, "data.num_samples=160"]  # 8 batches an epoch
+BATCH = re.compile(r"Epoch \[(\d+)/\d+\] - Progress [\d.]+% \((\d+)/\d+\)")
 LONG = [*DET, "data.num_samples=800", "checkpoint.every_n_steps=5"]  # 40 batches an epoch
 
 
@@ -107,8 +110,28 @@ def test_sigterm_mid_epoch_saves_marks_preempted_and_resumes_exactly(train, trai
     assert status["status"] == "PREEMPTED" and status["exit_code"] == Preempted.EXIT_CODE
     ckpt = load_checkpoint(stopped / "latest_checkpoint.pth")
     assert ckpt["epoch"] == 0 and 3 <= ckpt["batch_in_epoch"] < 40  # mid-epoch, after the step in flight
-    train(f"resume={stopped}")
+    proc = train(f"resume={stopped}", "log.interval=20")
     assert_same_run(straight, stopped)
+    shown = [tuple(map(int, m.groups())) for m in map(BATCH.search, proc.stdout.splitlines()) if m]
+    first = ckpt["batch_in_epoch"] + 1  # the resumed epoch shows its first batch, then every 20th
+    assert shown == [(1, b) for b in sorted({first, *range(20, 41, 20)}) if b >= first] + [(2, 1), (2, 20), (2, 40)]
+
+
+def test_training_log_holds_every_batch_line_a_checkpoint_covers(train_here, tmp_path, monkeypatch):
+    """A crash loses no training.log line that the last checkpoint covers: the file is
+    flushed before every save (here with the once-a-second flush turned off)."""
+    monkeypatch.setattr(BatchedFileHandler, "FLUSH_S", 1e9)
+    real, seen = CheckpointManager.save_latest, []
+
+    def save_latest(self, objects, extra):  # the real save, after reading what the file holds
+        text = (self.run_dir / "training.log").read_text()
+        seen.append((extra["step"], len([ln for ln in text.splitlines() if BATCH.search(ln)])))
+        return real(self, objects, extra)
+
+    monkeypatch.setattr(CheckpointManager, "save_latest", save_latest)
+    train_here(tmp_path / "run", *QUICK, "checkpoint.every_n_steps=3", "trainer.epochs=2")
+    assert [step for step, _ in seen] == [3, 6, 8, 9, 12, 15, 16]  # every 3 steps mid-epoch, and each epoch end
+    assert all(lines == step for step, lines in seen), seen
 
 
 def test_killed_while_saving_every_step_never_leaves_unloadable_latest(env, tmp_path):

@@ -3,6 +3,7 @@ signals, resumable sweeps. A fake pool is CUDA_VISIBLE_DEVICES=0,1 on a CPU mach
 each job's status.json records the ids it saw; the parent's start/end lines give order."""
 import csv
 import json
+import math
 import os
 import re
 import signal
@@ -147,7 +148,12 @@ def test_a_failing_job_is_reported_the_others_complete_and_the_sweep_exits_nonze
     rows = summary(tmp_path)
     assert [r["status"] for r in rows] == ["COMPLETED", "FAILED"]
     assert "trainer.epochs=0: must be" in rows[1]["error"] and Path(rows[1]["log"]).is_file()
-    assert rows[0]["best_val_dice"] and not rows[0]["error"]
+    assert not rows[0]["error"]
+    record = status(tmp_path, 0)  # the completed job's row holds its final metrics and best value
+    finals = {f"{part}_{k}": v for part in ("train", "val") for k, v in record["final"][part].items()}
+    assert {"val_loss", "val_dice", "train_loss"} <= set(finals)
+    assert all(math.isclose(float(rows[0][k]), v, rel_tol=1e-9) for k, v in finals.items()), (rows[0], finals)
+    assert float(rows[0]["best_val_dice"]) == record["best"]["value"] and int(rows[0]["best_epoch"]) == 1
 
 
 # ---- AC4: SIGTERM on the parent, then the same sweep again -------------------------------------

@@ -28,6 +28,7 @@ def test_interval_stdout_every_batch_in_log_and_cosine_lr(train, tmp_path):
     stdout_lines = [ln for ln in proc.stdout.splitlines() if BATCH_LINE.match(ln)]  # whole line
     assert len(stdout_lines) == epochs * (1 + batches // 20)  # the first batch of each epoch, then every 20th
     assert [re.search(r"\((\d+)/40\)", ln).group(1) for ln in stdout_lines] == ["1", "20", "40"] * epochs
+    assert [re.search(r"Progress ([\d.]+)%", ln).group(1) for ln in stdout_lines] == ["2.5", "50.0", "100.0"] * epochs
     log_lines = [ln for ln in (run / "training.log").read_text().splitlines() if BATCH_LINE.search(ln)]
     assert len(log_lines) == epochs * batches
     assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", log_lines[0])  # timestamped

@@ -20,15 +20,14 @@ log = logging.getLogger(LOGGER)
 
 def compile_model(model: torch.nn.Module, enabled: bool, backend: str = "inductor") -> torch.nn.Module:
     """``torch.compile(model, backend=backend)`` when ``enabled`` (compilation itself happens
-    at the first step); a backend torch does not know is a ConfigError."""
-    if not enabled:
-        return model
-    from torch._dynamo import list_backends
+    at the first step); a backend torch does not know is a ConfigError, also when compile
+    is off (a sweep over ``trainer.compile=true,false`` must not fail in half its jobs)."""
+    from torch._dynamo import list_backends  # Optimizer.__init__ imports torch._dynamo anyway
 
     if backend not in list_backends(exclude_tags=()):
         raise ConfigError(f"trainer.compile_backend={backend}: not a torch.compile backend; "
                           f"allowed: {', '.join(sorted({*list_backends(), 'aot_eager'}))}")
-    return torch.compile(model, backend=backend)
+    return torch.compile(model, backend=backend) if enabled else model
 
 
 class CompileReport(HookBase):
