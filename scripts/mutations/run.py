@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 P, D, C = "tests/test_promises.py", "tests/test_data_promises.py", "tests/test_config.py"
-L = "tests/test_losses_metrics.py"
+L, O, D0 = "tests/test_losses_metrics.py", "tests/test_optimization.py", "tests/test_data.py"
 
 # mutation -> the tests that must fail with it
 CATCHERS = {
@@ -55,6 +55,27 @@ CATCHERS = {
                                  "tests/test_progress.py::test_piped_lines_tensorboard_and_resume"],
     "refused_run_dir_kept": ["tests/test_door.py::test_a_refused_run_leaves_no_empty_run_directory"],
     "sweep_live_writers_temp": ["tests/test_checkpoint.py::test_sweep_removes_temp_files_of_ended_writers_and_keeps_a_live_writers"],
+    # a review's mutations that the suite missed, each with the test written for it
+    **dict.fromkeys(["best_ignores_mode", "top_k_ignores_mode", "keep_all_keeps_none", "save_freq_off_by_one",
+                     "best_weights_every_epoch"],
+                    ["tests/test_checkpoint.py::test_best_follows_the_mode_and_epoch_files_follow_save_freq_and_keep_all"]),
+    **dict.fromkeys(["val_loss_unweighted", "val_in_train_mode"],
+                    [f"{O}::test_validation_is_the_sample_weighted_mean_in_eval_mode"]),
+    "plateau_state_dropped": [f"{O}::test_plateau_reduces_after_patience_decided_after_validation_and_resumes_its_count"],
+    "sampler_ignores_epoch": [f"{D0}::test_sampler_splits_ranks_skips_in_place_and_buckets_deterministically"],
+    "seed_ignored": [f"{O}::test_seed_sets_the_initial_weights_and_the_batch_order"],
+    **dict.fromkeys(["grad_norm_wrong_windows", "optimizer_always_saved"],
+                    [f"{O}::test_epoch_grad_norm_is_the_mean_of_its_measured_windows"]),
+    **dict.fromkeys(["analysis_best_ignores_mode", "analysis_gap_2x"],
+                    ["tests/test_analyze.py::test_warnings_name_rising_loss_nonfinite_steps_and_a_train_val_gap"]),
+    "loss_min_max_swapped": ["tests/test_analyze.py::test_run_plots_hold_the_csv_values_and_summary_names_best_epoch"],
+    "summary_without_final_val": ["tests/test_sweep_launcher.py::"
+                                  "test_a_failing_job_is_reported_the_others_complete_and_the_sweep_exits_nonzero"],
+    "resumed_stdout_from_batch_1": ["tests/test_resume.py::test_sigterm_mid_epoch_saves_marks_preempted_and_resumes_exactly"],
+    "no_flush_before_save": ["tests/test_resume.py::test_training_log_holds_every_batch_line_a_checkpoint_covers"],
+    **dict.fromkeys(["clip_grad_zero_allowed", "compile_backend_unchecked_when_off"],
+                    ["tests/test_door.py::test_table_of_bad_inputs_each_refused_in_one_line"]),
+    "progress_percent_zero_based": ["tests/test_train_cli.py::test_interval_stdout_every_batch_in_log_and_cosine_lr"],
 }
 
 
