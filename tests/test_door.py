@@ -189,11 +189,17 @@ def test_a_refused_run_leaves_no_empty_run_directory(env, tmp_path):
     (other / ".hydra").mkdir(parents=True)
     (other / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
     named = tmp_path / "named"
-    for args in (["trainer.epochs=-1"], ["resume=/no/such/run"], ["trainer.epochs=-1", f"hydra.run.dir={named}"]):
+    (tmp_path / "plain.pth").write_bytes(b"not a checkpoint")
+    (tmp_path / "empty").mkdir()
+    for args in (["trainer.epochs=-1"], ["resume=/no/such/run"], ["trainer.epochs=-1", f"hydra.run.dir={named}"],
+                 [*QUICK, "checkpoint.monitor=val_nope"],  # found while building, before the run starts
+                 ["resume=plain.pth"], ["resume=empty"]):  # nothing lands next to the file, nor in the folder
         proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and proc.stderr.startswith("trainforge: error: "), (args, proc.stderr)
     assert list((tmp_path / "outputs").glob("*/*")) == [other]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "named", "outputs", "plain.pth"]
+    assert list((tmp_path / "empty").iterdir()) == []
     assert (other / ".hydra" / "overrides.yaml").exists() and (named / ".hydra" / "overrides.yaml").exists()
 
 

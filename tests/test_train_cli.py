@@ -87,6 +87,18 @@ def test_existing_run_directory_is_never_overwritten(train, tmp_path):
     assert proc.returncode != 0
     assert "already holds a run" in proc.stderr and str(run) in proc.stderr
     assert files() == before
+    other = tmp_path / "other"  # a resume of another run continues there, never here
+    train(*SMALL, "trainer.epochs=1", f"hydra.run.dir={other}")
+    proc = train(f"resume={other}", "trainer.epochs=2", f"hydra.run.dir={run}", check=False)
+    assert proc.returncode == 2 and "already holds another run" in proc.stderr and f"resume={other}" in proc.stderr
+    assert files() == before
+    # a resume refused while building (after the checkpoint loaded) changes none of the run's files
+    # and keeps its status COMPLETED; only the lock's holder stamp (.trainforge.lock) is rewritten
+    proc = train(f"resume={run}", "trainer.epochs=2", "checkpoint.monitor=val_nope", check=False)
+    assert proc.returncode == 2 and "checkpoint.monitor=val_nope" in proc.stderr
+    after = files()
+    after.pop(".trainforge.lock"), before.pop(".trainforge.lock")
+    assert after == before
 
 
 def test_default_experiment_reaches_dice_0_8(train, tmp_path):

@@ -22,17 +22,16 @@ def run_dir_for(resume, default: str) -> str:
 
     ``resume`` may be a checkpoint file (its run directory is the folder holding it, or
     the parent of ``checkpoints/``), a run directory, ``auto`` or null (a new directory).
-    A path that does not exist also gets a new directory; ``run`` then reports it.
+    Anything else (no such path, a folder holding no run, a file outside any run) gets a
+    new directory, so nothing is written where it points; ``run`` then reports it, or
+    continues a checkpoint kept outside any run in the new directory.
     """
     if resume in (None, "", "auto"):
         return _new_dir(default)
-    path = Path(str(resume)).expanduser()
-    if path.is_dir():
-        return str(path)
-    if path.is_file():
-        parent = path.parent
-        return str(parent.parent if parent.name == "checkpoints" else parent)
-    return _new_dir(default)
+    from trainforge.rundir import resume_home
+
+    home = resume_home(resume)
+    return str(home) if home is not None else _new_dir(default)
 
 
 _NEW_DIRS: list = []  # default run directories this process named before they existed
@@ -46,15 +45,18 @@ def _new_dir(path: str) -> str:
 
 
 def drop_refused_run_dirs() -> None:
-    """After a single run refused at the door: remove the new run directory Hydra made
-    for it (``outputs/DATE/TIME/``) when it holds nothing but Hydra's record of the refused
-    composition, so typos leave no empty runs behind. Only a directory this process named
-    before it existed (never one given by ``hydra.run.dir`` or ``resume``); a run refused
-    after it wrote its status or log keeps them."""
+    """After a single run refused before it started (at the door, or while preparing and
+    building: a run writes nothing of its own until then): remove the new run directory
+    Hydra made for it (``outputs/DATE/TIME/``) when it holds nothing but Hydra's record of
+    the refused composition and the run lock, so typos leave no empty runs behind. Only a
+    directory this process named before it existed (never one given by ``hydra.run.dir``
+    or ``resume``)."""
+    from trainforge.rundir import LOCK
+
     for name in _NEW_DIRS:
         run_dir, record = Path(name), Path(name) / ".hydra"
         try:
-            if {p.name for p in run_dir.iterdir()} - {".hydra"}:
+            if {p.name for p in run_dir.iterdir()} - {".hydra", LOCK}:
                 continue
             if record.exists() and {p.name for p in record.iterdir()} - HYDRA_RECORD:
                 continue
@@ -62,6 +64,7 @@ def drop_refused_run_dirs() -> None:
                 p.unlink()
             if record.exists():
                 record.rmdir()
+            (run_dir / LOCK).unlink(missing_ok=True)
             run_dir.rmdir()
             run_dir.parent.rmdir()  # outputs/DATE/ when this was its only run (not empty: stays)
         except OSError:

@@ -96,3 +96,16 @@ def holds_run(run_dir) -> bool:
         except (OSError, ValueError):
             return True
     return (run_dir / "training.log").exists()  # a log without a status: unknown, keep it
+
+
+def resume_home(resume) -> Path | None:
+    """The run directory a ``resume=`` target continues in: a directory that holds a run,
+    or the run holding a checkpoint file (its folder, or the parent of ``checkpoints/``);
+    None for anything else (a checkpoint outside any run, a folder without one, no such
+    path): such a resume gets a new directory, and nothing is written where it points."""
+    path = Path(str(resume)).expanduser()
+    if path.is_file():
+        path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    elif not path.is_dir():
+        return None
+    return path if holds_run(path) else None

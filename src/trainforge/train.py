@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 from trainforge.config import validate
 from trainforge.engine import distributed as dist
 from trainforge.engine.checkpoint import atomic_json, atomic_write
-from trainforge.engine.logging import LOGGER, setup_logging
+from trainforge.engine.logging import LOGGER, release_held_records, setup_logging
 from trainforge.errors import ConfigError, Preempted, RankFailed, TrainforgeError, WriteError
-from trainforge.rundir import RunLock, holds_run
+from trainforge.rundir import RunLock, holds_run, resume_home
 
 STATUS = "status.json"
 
@@ -50,10 +50,18 @@ def write_final_status(run_dir: Path, status: str, **fields) -> None:
 
 
 def check_fresh(run_dir: Path, resume) -> None:
-    """Never train over another run: a directory that already holds one needs resume."""
-    if resume is None and holds_run(run_dir):
+    """Never train over another run: a directory that already holds one needs resume, and
+    a resume continues in its own run's directory, never in another run's."""
+    if not holds_run(run_dir):
+        return
+    if resume is None:
         raise ConfigError(f"hydra.run.dir={run_dir}: already holds a run; pass resume={run_dir} "
                           "to continue it, or choose another directory")
+    home = resume_home(resume) if resume != "auto" else run_dir
+    if home is None or home.resolve() != run_dir.resolve():
+        where = f"in its own run directory {home}" if home else "in a new directory"
+        raise ConfigError(f"hydra.run.dir={run_dir}: already holds another run; resume={resume} continues {where}: "
+                          "leave hydra.run.dir out")
 
 
 def task_overrides() -> list:
@@ -94,25 +102,37 @@ def run(cfg, run_dir=None, overrides=None):
 
 
 def _run(cfg, run_dir: Path, overrides, ranks):
+    """Prepare (resume, drift), build, then open the run: only then does it write
+    status.json and config.yaml, and training.log get its lines (held back until then).
+    A user error before that point changes nothing in the directory: a refused resume
+    leaves the run it names as it was, and a new directory only Hydra's record and the
+    lock (the CLI removes it)."""
     from trainforge import launch
 
     main = dist.is_main()
-    log = setup_logging(run_dir, main)
+    launched = bool(os.environ.get(launch.LAUNCHED))  # a rank of our launcher: the parent opened the run
+    log = setup_logging(run_dir, main, hold=not launched)
     started = time.time()
-    owns_status = main and cfg.resume is None  # a refused resume must not relabel the run it refused
+    opened = False
     delegated = False  # true once rank processes own the run's outcome
     trainer = None
-    try:
-        if owns_status:
-            write_status(run_dir, "RUNNING", started=started)
-        cfg, ckpt_path, ckpt, overrides, changes = _agreed(_prepare, cfg, run_dir, overrides)
-        owns_status = main
+
+    def open_run(cfg):
+        nonlocal opened
+        release_held_records()
         if main:
             write_status(run_dir, "RUNNING", started=started)
             atomic_write(run_dir / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True).encode()))
+        opened = True
+
+    try:
+        cfg, ckpt_path, ckpt, overrides, changes = _agreed(_prepare, cfg, run_dir, overrides)
+        if launched:
+            open_run(cfg)
         log.info("Run directory: %s", run_dir)
         n = launch.process_count(cfg.trainer.devices, cfg.trainer.device)
         if ranks is None and n > 1:
+            open_run(cfg)
             log.info("DDP on %d processes (%s): per-rank batch %d, global batch %d", n,
                      "nccl" if _on_gpu(cfg) else "gloo", cfg.data.batch_size, cfg.data.batch_size * n)
             delegated, ckpt = True, None  # the ranks load the checkpoint themselves
@@ -127,6 +147,8 @@ def _run(cfg, run_dir: Path, overrides, ranks):
                      trainer.batch_in_epoch, trainer.step, f"; changed: {', '.join(changes)}" if changes else "")
             if missing:
                 log.warning("The checkpoint holds no %s state: starting it fresh", ", ".join(missing))
+        if not opened:
+            open_run(cfg)
         log.info("Device: %s - precision: %s - parameters: %d - train batches/epoch: %d",
                  trainer.device, trainer.precision.mode, sum(p.numel() for p in trainer.params),
                  trainer.batches_per_epoch)
@@ -153,13 +175,19 @@ def _run(cfg, run_dir: Path, overrides, ranks):
         if delegated:  # the ranks recorded the outcome (launch.spawn filled in a rank that died)
             raise
         error = _as_user_error(e, run_dir, trainer)
+        if error is not None and not opened:  # refused before it started: nothing is written
+            if error is e:
+                raise
+            raise error from None
+        if not opened:  # a crash while preparing: training.log gets what led to it
+            release_held_records()
         if error is None:  # a crash: its traceback goes to training.log, stderr says where
             log.exception("training failed: %s", e, extra={"console": False})
             e.training_log = str(run_dir / "training.log")
             error = e
         else:
             log.error("%s", error, extra={"console": False})  # the CLI prints it once, on stderr
-        if owns_status:
+        if main and (opened or cfg.resume is None):  # a crash while resuming does not relabel the run
             text = str(error) if error is not e or isinstance(e, TrainforgeError) else f"{type(e).__name__}: {e}"
             write_final_status(run_dir, "FAILED", error=text, started=started, **_final(trainer))
         if error is e:

@@ -131,8 +131,32 @@ def flush_handlers() -> None:
         handler.flush()
 
 
-def setup_logging(run_dir, main: bool = True) -> logging.Logger:
-    """(Re)attach the handlers of the ``trainforge`` logger for one run directory."""
+class _Held(logging.Filter):
+    """Keeps ``training.log``'s records back until ``release_held_records()``: a run refused
+    before it starts (a bad resume target, an error found while building) neither creates
+    the file nor adds a line to another run's."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+
+def release_held_records() -> None:
+    """Write what ``setup_logging(hold=True)`` kept back, and every record from now on."""
+    for handler in logging.getLogger(LOGGER).handlers:
+        for held in [f for f in handler.filters if isinstance(f, _Held)]:
+            handler.removeFilter(held)
+            for record in held.records:
+                handler.handle(record)
+
+
+def setup_logging(run_dir, main: bool = True, hold: bool = False) -> logging.Logger:
+    """(Re)attach the handlers of the ``trainforge`` logger for one run directory. With
+    ``hold``, training.log gets nothing (is not even created) until ``release_held_records``."""
     log = logging.getLogger(LOGGER)
     for h in list(log.handlers):
         log.removeHandler(h)
@@ -142,8 +166,10 @@ def setup_logging(run_dir, main: bool = True) -> logging.Logger:
     if not main:
         log.addHandler(logging.NullHandler())
         return log
-    file = BatchedFileHandler(Path(run_dir) / "training.log", mode="a", encoding="utf-8")
+    file = BatchedFileHandler(Path(run_dir) / "training.log", mode="a", encoding="utf-8", delay=True)
     file.setFormatter(logging.Formatter(FILE_FORMAT))
+    if hold:
+        file.addFilter(_Held())
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter("%(message)s"))
     console.addFilter(_ConsoleFilter())
