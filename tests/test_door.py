@@ -95,6 +95,7 @@ CASES = [
     (["+trainer.epoch=5"], "did you mean trainer.epochs"),
     (["trainer.precision=fp8"], "trainer.precision=fp8"),
     (["trainer.device=gpu"], "trainer.device=gpu"),
+    (["trainer.device=mps"], "trainer.device=mps: no Apple MPS device"),  # accepted on a Mac that has one
     (["trainer.devices=0"], "trainer.devices=0"),
     (["trainer.clip_grad=0"], "trainer.clip_grad=0"),
     (["trainer.grad_accum=0"], "trainer.grad_accum=0"),

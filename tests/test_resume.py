@@ -18,7 +18,7 @@ from conftest import ROOT
 from trainforge.build import build_model
 from trainforge.engine.checkpoint import CheckpointManager, load_checkpoint
 from trainforge.engine.logging import BatchedFileHandler
-from trainforge.errors import CheckpointError, Preempted
+from trainforge.errors import CheckpointError, ConfigError, Preempted
 
 DET = ["data.image_size=32", "log.progress=false", "trainer.deterministic=true", "log.batch_metrics=true"]
 QUICK = [*DET, "data.num_samples=160"]  # 8 batches an epoch
@@ -200,6 +200,16 @@ def test_warm_start_loads_weights_and_reports_keys(train_here, compose_cfg, tmp_
     wider = compose_cfg(f"model.init_weights={weights}", "model.base_channels=16")
     with pytest.raises(CheckpointError, match="shapes differ"):
         build_model(wider.model, warm_start=True)
+    # another model's weights load nothing: refused, also where a frozen encoder would stay untrained
+    for args in (["experiment=digits"], ["experiment=seqsetvae_finetune"]):
+        with pytest.raises(ConfigError, match=r"model.init_weights=.*none of its \d+ keys"):
+            build_model(compose_cfg(*args, f"model.init_weights={weights}").model, warm_start=True)
+    encoder = {k: v for k, v in build_model(compose_cfg("experiment=seqsetvae").model, False).state_dict().items()
+               if not k.startswith("encoder.")}  # a SeqSetVAE file without its set encoder's weights
+    torch.save(encoder, tmp_path / "part.pt")
+    with pytest.raises(ConfigError, match=r"no weights for \d+ frozen parameters.*'encoder\."):
+        build_model(compose_cfg("experiment=seqsetvae_finetune", f"model.init_weights={tmp_path / 'part.pt'}").model,
+                    warm_start=True)
 
 
 @pytest.mark.slow  # CI time: save-and-exit on a signal is covered above and in test_promises; this adds submitit's requeue

@@ -72,9 +72,11 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name if name != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     except RuntimeError:
-        raise ConfigError(f"trainer.device={name}: allowed values are auto, cpu, cuda, cuda:N") from None
+        raise ConfigError(f"trainer.device={name}: allowed values are auto, cpu, cuda, cuda:N, mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={name}: no CUDA GPU is visible to this process")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"trainer.device={name}: no Apple MPS device is available to this process")
     if device.type == "cuda":
         index = int(os.environ.get("LOCAL_RANK", 0)) if dist.world_size() > 1 else device.index or 0
         device = torch.device("cuda", index)
@@ -115,6 +117,15 @@ def build_model(node, warm_start: bool) -> torch.nn.Module:
     if init and warm_start:
         missing, unexpected = load_weights(model, init)
         loaded = len(model.state_dict()) - len(missing)
+        if loaded == 0:
+            raise ConfigError(f"model.init_weights={init}: none of its {len(unexpected)} keys is one of this "
+                              f"model's (model={node.get('_target_')}; the file has e.g. {unexpected[:3]})")
+        frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+        untrained = [k for k in missing if k in frozen]
+        if untrained:
+            raise ConfigError(f"model.init_weights={init}: holds no weights for {len(untrained)} frozen "
+                              f"parameters (model.freeze_encoder=true would freeze them untrained), e.g. "
+                              f"{untrained[:3]}")
         logging.getLogger(LOGGER).info("Warm start from %s: loaded %d keys, %d missing keys %s, %d unexpected "
                                        "keys %s", init, loaded, len(missing), missing[:10], len(unexpected),
                                        unexpected[:10])

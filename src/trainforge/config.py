@@ -323,7 +323,7 @@ class LogConf:
 @dataclass
 class TrainerConf:
     epochs: int = opt(10, at_least(1))
-    device: str = opt("auto", matches(r"auto|cpu|cuda(:\d+)?|mps", "allowed values are auto, cpu, cuda, cuda:N"))
+    device: str = opt("auto", matches(r"auto|cpu|cuda(:\d+)?|mps", "allowed values are auto, cpu, cuda, cuda:N, mps"))
     devices: Any = opt(1, int_or("auto"))  # processes (DDP ranks): N >= 1 or auto = every GPU visible to the job
     ddp_timeout: float = opt(300.0, positive)  # seconds a rank waits in a collective before the run fails
     sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (DDP, GPUs only)
