@@ -190,6 +190,7 @@ def test_skip_makes_no_update_and_the_schedule_still_advances(compose_cfg, tmp_p
     ("optimizer=sgd", "optimizer._target_"),
     ("trainer.devices=2", "trainer.devices"),
     ("trainer.grad_accum=2", "trainer.grad_accum"),
+    ("checkpoint.monitor=val_loss", "checkpoint.monitor"),  # the best and top_k tables are in its terms
 ])
 def test_drift_in_model_optimizer_devices_or_accumulation_is_refused(compose_cfg, override, key):
     from trainforge.resume import check_drift

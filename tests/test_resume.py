@@ -184,6 +184,15 @@ def test_config_drift_is_refused_unless_forced(train, train_here, tmp_path):
     assert json.loads((run / "status.json").read_text())["status"] == "COMPLETED"  # the run is not relabelled
     train(f"resume={run}", "data.batch_size=8", "trainer.epochs=2", "+resume_force=true")
     assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1, 2]
+    # a forced change of monitor: the best starts over in the new monitor's terms, never mixing the two
+    train(f"resume={run}", "trainer.epochs=3", "checkpoint.monitor=val_loss", "checkpoint.mode=min",
+          "checkpoint.top_k=2", "+resume_force=true")
+    losses = {r["epoch"]: r["val"]["loss"] for r in json.loads((run / "metrics.json").read_text())}
+    best = json.loads((run / "status.json").read_text())["best"]
+    assert best == {"monitor": "val_loss", "mode": "min", "value": losses[3], "epoch": 3}
+    index = json.loads((run / "checkpoints" / "index.json").read_text())
+    assert index["monitor"] == "val_loss" and all(e["metric"] == losses[e["epoch"]] for e in index["checkpoints"]
+                                                  if e["file"].startswith("checkpoints/"))
 
 
 def test_warm_start_loads_weights_and_reports_keys(train_here, compose_cfg, tmp_path):

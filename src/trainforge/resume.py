@@ -18,7 +18,8 @@ from trainforge.errors import CheckpointError, ConfigError
 log = logging.getLogger(LOGGER)
 
 # keys whose change makes the checkpoint describe a different experiment
-STRUCTURAL = ("model.", "data.", "loss.", "optimizer._target_", "trainer.grad_accum")
+STRUCTURAL = ("model.", "data.", "loss.", "optimizer._target_", "trainer.grad_accum",
+              "checkpoint.monitor", "checkpoint.mode")  # the best-so-far and top_k tables are kept in these terms
 # ...except these, which only say where the data is and how it is loaded
 LOADING = ("data.path", "data.cache_dir", "data.num_workers", "data.pin_memory", "data.preload",
            "data.shared_memory", "data.on_device", "model.init_weights")

@@ -180,9 +180,24 @@ class CheckpointHook(HookBase):
                 obj.load_state_dict(ckpt[name])
         self.trainer.load_state_dict(ckpt)
         self.manager.load_state_dict(ckpt["retention"])
+        self._rebase_monitor()
         self.saved_step = self.trainer.step
         rng.load_state_dict(ckpt["rng"])
         return missing
+
+    def _rebase_monitor(self) -> None:
+        """A resume forced through a change of checkpoint.monitor or mode: the kept epoch
+        files are ranked by their epochs' values of the new monitor, and the best starts
+        over (best_model.pth is replaced by the next epoch's)."""
+        m = self.manager
+        if (m.best["monitor"], m.best["mode"]) == (m.monitor, m.mode):
+            return
+        log.warning("checkpoint.monitor changed from %s (%s) to %s (%s): best_model.pth is the next epoch's, "
+                    "then the best from there on", m.best["monitor"], m.best["mode"], m.monitor, m.mode)
+        values = {r["epoch"]: flatten(r).get(m.monitor) for r in self.trainer.history}
+        m.best = {"monitor": m.monitor, "mode": m.mode, "value": None, "epoch": None}
+        for entry in m.entries:
+            entry["metric"] = values.get(entry["epoch"])
 
     def after_step(self) -> None:
         t = self.trainer
