@@ -2,12 +2,15 @@
 before anything is trained and without leaving a run directory that claims a run."""
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
 import pytest
 
 from trainforge.cli import USER_ERRORS, one_line
+from trainforge.engine.hooks import EvalHook
+from trainforge.errors import ConfigError
 from trainforge.rundir import holds_run
 from trainforge.train import run
 
@@ -15,7 +18,8 @@ from conftest import ROOT, SMALL, write_h5
 
 QUICK = [*SMALL, "trainer.epochs=1"]
 PRESET_QUICK = {"experiment=digits": ["trainer.epochs=1"],
-                "experiment=seqset": ["data.num_patients=100", "trainer.epochs=1"]}
+                "experiment=seqset": ["data.num_patients=100", "trainer.epochs=1"],
+                "experiment=seqsetvae": ["data.num_patients=64", "trainer.epochs=1"]}
 
 
 def quick(args):
@@ -52,6 +56,18 @@ CASES = [
     (["model.init_weights=/no/such/weights.pt"], "model.init_weights=/no/such/weights.pt"),
     (["model.init_weights={f}/notes.txt"], "notes.txt"),
     (["model=nosuch"], "model=nosuch"),
+    (["model=cnn"], "model=cnn: reads images with class labels, but data=glint"),  # the pairings: see below
+    (["loss=ce"], "loss=ce: takes class logits, but model=unet gives binary logits; use loss=focal"),
+    (["experiment=seqsetvae", "model.latent_dim=0"], "model.latent_dim=0"),
+    (["experiment=seqsetvae", "model.slots=0"], "model.slots=0"),
+    (["experiment=seqsetvae", "model.heads=3"], "model.heads=3: must divide model.dim=32"),
+    (["experiment=seqsetvae", "model.embed_dim=16"], "model.embed_dim=16: must equal data.embed_dim=32"),
+    (["experiment=seqsetvae", "model.head_lr_scale=-1"], "model.head_lr_scale=-1"),
+    (["experiment=seqsetvae", "loss.pos_weight=-1"], "loss.pos_weight=-1"),
+    (["experiment=seqsetvae", "collapse.min_active_fraction=5"], "collapse.min_active_fraction=5"),
+    (["experiment=seqsetvae", "collapse.threshold=-1"], "collapse.threshold=-1"),
+    (["experiment=seqsetvae", "data.layout=events"], "model=seqsetvae: reads sequences of event sets"),
+    (["experiment=seqset", "data.layout=grid"], "data.layout=grid: allowed values are events, sets"),
     (["model._target_=torch.nn.Linear"], "model.in_channels=1"),  # the constructor's own error, traced
     (["model._target_=nosuch.Module"], "model=nosuch.Module"),
     (["model=unet_schema"], "model=unet_schema"),
@@ -144,6 +160,54 @@ def test_table_of_bad_inputs_each_refused_in_one_line(compose_cfg, files, tmp_pa
             problems.append(f"{args}: {line!r} does not name {named!r} in one line")
         if run_dir.exists() and holds_run(run_dir):
             problems.append(f"{args}: left {run_dir} claiming a run")
+    assert not problems, "\n".join(problems)
+
+
+DATA_KINDS = {"glint": ["data=glint", "data.num_samples=32", "data.image_size=32"], "digits": ["data=digits"],
+              "events": ["data=seqset", "data.num_patients=32"],
+              "sets": ["data=seqset", "data.num_patients=32", "data.layout=sets"]}
+BINARY = ["focal", "bce", "dice", "hybrid"]
+TRAINS = {("glint", "unet"): BINARY, ("digits", "cnn"): ["ce"], ("events", "seqencoder"): BINARY,
+          ("sets", "seqsetvae"): ["elbo"]}
+
+
+def test_every_data_model_loss_combination_trains_a_step_or_is_refused_at_the_door(compose_cfg, tmp_path):
+    """96 pairings of data (and layout), model and loss: the ten that fit train a step and
+    evaluate; every other one is refused by validate() naming model= or loss= and what fits
+    (they used to crash in the first step with a shape error)."""
+    import itertools
+
+    from trainforge.build import build
+    from trainforge.config import validate
+
+    from omegaconf import OmegaConf, open_dict
+
+    models, losses = ["unet", "cnn", "seqencoder", "seqsetvae"], ["focal", "bce", "dice", "hybrid", "ce", "elbo"]
+    # one composition per option (a composition costs a quarter of a second), then combined
+    base = {d: compose_cfg(*args, "log.progress=false", "checkpoint.monitor=val_loss", "checkpoint.mode=min")
+            for d, args in DATA_KINDS.items()}
+    model_nodes = {m: compose_cfg(f"model={m}").model for m in models}
+    loss_nodes = {name: compose_cfg(f"loss={name}").loss for name in losses}
+    problems = []
+    for data, model, loss in itertools.product(DATA_KINDS, models, losses):
+        cfg = OmegaConf.create(OmegaConf.to_container(base[data]))
+        with open_dict(cfg):
+            cfg.model, cfg.loss = model_nodes[model], loss_nodes[loss]
+        fits = loss in TRAINS.get((data, model), [])
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            expected = f"model={model}: reads" if (data, model) not in TRAINS else f"loss={loss}: takes"
+            if fits or not str(e).startswith(expected) or "; use " not in str(e):
+                problems.append(f"{data} {model} {loss}: {e}")
+            continue
+        if not fits:
+            problems.append(f"{data} {model} {loss}: accepted")
+            continue
+        trainer = build(cfg, tmp_path / f"{data}_{model}_{loss}")
+        trainer.run_step(next(iter(trainer.train_loader)))
+        next(h for h in trainer.hooks if isinstance(h, EvalHook)).after_epoch()
+        assert math.isfinite(trainer.val_metrics["loss"])
     assert not problems, "\n".join(problems)
 
 

@@ -50,6 +50,8 @@ class ModelConf:
 
 @dataclass
 class UNetConf(ModelConf):
+    READS: ClassVar[str] = "masks"
+    GIVES: ClassVar[str] = "binary"
     _target_: str = "trainforge.models.UNet"
     in_channels: int = opt(1, at_least(1))
     out_channels: int = opt(1, at_least(1))
@@ -66,6 +68,8 @@ class UNetConf(ModelConf):
 
 @dataclass
 class CNNConf(ModelConf):
+    READS: ClassVar[str] = "classes"
+    GIVES: ClassVar[str] = "classes"
     _target_: str = "trainforge.models.CNN"
     in_channels: int = opt(1, at_least(1))
     num_classes: int = opt(10, at_least(2))
@@ -79,6 +83,8 @@ class CNNConf(ModelConf):
 
 @dataclass
 class SeqEncoderConf(ModelConf):
+    READS: ClassVar[str] = "events"
+    GIVES: ClassVar[str] = "binary"
     _target_: str = "trainforge.models.SeqEncoder"
     num_variables: int = opt(16, at_least(1))
     dim: int = opt(32, at_least(1))
@@ -94,20 +100,28 @@ class SeqEncoderConf(ModelConf):
 
 @dataclass
 class SeqSetVAEConf(ModelConf):
+    READS: ClassVar[str] = "sets"
+    GIVES: ClassVar[str] = "vae"
     _target_: str = "trainforge.models.SeqSetVAE"
-    embed_dim: int = 32  # width of the data's variable-embedding table
-    dim: int = 32
-    latent_dim: int = 16
-    levels: int = 1  # ISAB blocks in the set encoder
-    inducing: int = 4
-    heads: int = 2
-    seq_layers: int = 1
-    seq_heads: int = 2
-    time_bands: int = 8
-    slots: int = 8  # events the decoder predicts per set
-    dropout: float = 0.0
+    embed_dim: int = opt(32, at_least(1))  # width of the data's variable-embedding table
+    dim: int = opt(32, at_least(1))
+    latent_dim: int = opt(16, at_least(1))
+    levels: int = opt(1, at_least(1))  # ISAB blocks in the set encoder
+    inducing: int = opt(4, at_least(1))
+    heads: int = opt(2, at_least(1))
+    seq_layers: int = opt(1, at_least(1))
+    seq_heads: int = opt(2, at_least(1))
+    time_bands: int = opt(8, at_least(1))
+    slots: int = opt(8, at_least(1))  # events the decoder predicts per set
+    dropout: float = opt(0.0, fraction())
     freeze_encoder: bool = False  # fine-tuning: event tokens, set encoder and latent heads frozen
-    head_lr_scale: float = 1.0  # the classification head's LR = optimizer.lr * head_lr_scale
+    head_lr_scale: float = opt(1.0, positive)  # the classification head's LR = optimizer.lr * head_lr_scale
+    RULES: ClassVar[tuple] = (
+        Rule("heads", lambda n, cfg: n.dim % n.heads == 0, "must divide model.dim={node.dim}"),
+        Rule("seq_heads", lambda n, cfg: n.dim % n.seq_heads == 0, "must divide model.dim={node.dim}"),
+        Rule("embed_dim", lambda n, cfg: n.embed_dim == cfg.data.get("embed_dim", n.embed_dim),
+             "must equal data.embed_dim={cfg.data.embed_dim} (the width of the data's variable embeddings)"),
+    )
 
 
 # ---- data --------------------------------------------------------------------------
@@ -131,6 +145,7 @@ class DataConf:
 
 @dataclass
 class GlintConf(DataConf):
+    KIND: ClassVar[str] = "masks"
     IN_CHANNELS: ClassVar[int] = 1
     _target_: str = "trainforge.data.GlintData"
     num_samples: int = opt(1280, at_least(2))
@@ -142,6 +157,7 @@ class GlintConf(DataConf):
 
 @dataclass
 class DigitsConf(DataConf):
+    KIND: ClassVar[str] = "classes"
     IN_CHANNELS: ClassVar[int] = 1
     NUM_CLASSES: ClassVar[int] = 10
     _target_: str = "trainforge.data.DigitsData"
@@ -159,10 +175,11 @@ class SeqSetConf(DataConf):
     max_length: int = opt(128, at_least(1))
     max_sequence_length: Optional[int] = opt(None, at_least(1))  # truncate, keeping the most recent events
     bucket: bool = False  # group similar lengths into batches (less padding)
-    layout: str = "events"  # events: flat padded batches | sets: [batch, sets, events] batches
-    max_sets: Optional[int] = None  # layout=sets: keep each patient's most recent sets
-    mean_set_size: float = 4.0  # generator: average events per set
-    embed_dim: int = 32  # generator: width of the fixed variable-embedding table
+    KIND: ClassVar[str] = "layout"  # what its batches are: data.layout says
+    layout: str = opt("events", one_of("events", "sets"))  # events: flat padded batches | sets: [batch, sets, events]
+    max_sets: Optional[int] = opt(None, at_least(1))  # layout=sets: keep each patient's most recent sets
+    mean_set_size: float = opt(4.0, positive)  # generator: average events per set
+    embed_dim: int = opt(32, at_least(1))  # generator: width of the fixed variable-embedding table
     RULES: ClassVar[tuple] = (
         Rule("max_length", lambda n, cfg: n.max_length >= n.min_length, "must be >= data.min_length={node.min_length}"),
     )
@@ -171,6 +188,7 @@ class SeqSetConf(DataConf):
 # ---- loss --------------------------------------------------------------------------
 @dataclass
 class FocalConf:
+    TAKES: ClassVar[str] = "binary"
     _target_: str = "trainforge.losses.FocalLoss"
     alpha: float = opt(0.5, fraction())
     gamma: float = opt(2.0, interval(0))
@@ -178,18 +196,21 @@ class FocalConf:
 
 @dataclass
 class BCEConf:
+    TAKES: ClassVar[str] = "binary"
     _target_: str = "trainforge.losses.BCELoss"
     pos_weight: Optional[float] = opt(None, positive)
 
 
 @dataclass
 class DiceConf:
+    TAKES: ClassVar[str] = "binary"
     _target_: str = "trainforge.losses.DiceLoss"
     smooth: float = opt(1.0, interval(0))
 
 
 @dataclass
 class HybridConf:
+    TAKES: ClassVar[str] = "binary"
     _target_: str = "trainforge.losses.HybridLoss"
     focal_weight: float = opt(1.0, interval(0))
     dice_weight: float = opt(1.0, interval(0))
@@ -205,12 +226,14 @@ class HybridConf:
 
 @dataclass
 class CEConf:
+    TAKES: ClassVar[str] = "classes"
     _target_: str = "trainforge.losses.CELoss"
     label_smoothing: float = opt(0.0, interval(0, 1, high_open=True))
 
 
 @dataclass
 class ELBOConf:
+    TAKES: ClassVar[str] = "vae"
     _target_: str = "trainforge.losses.ELBOLoss"
     beta: float = 0.1  # the KL weight after warm-up (the peak of a cycle)
     schedule: str = "linear"  # constant | linear | cyclical, counted in optimizer steps
@@ -220,7 +243,7 @@ class ELBOConf:
     free_bits: float = 0.0  # nats per latent dimension (batch mean) below which KL is not pushed down
     recon_weight: float = 1.0
     cls_weight: float = 1.0
-    pos_weight: Optional[float] = None
+    pos_weight: Optional[float] = opt(None, positive)
 
 
 # ---- optimizer (partial: the parameters come at build time) ---------------------------
@@ -352,9 +375,9 @@ class CheckpointConf:
 @dataclass
 class CollapseConf:
     enabled: bool = False  # needs a model whose output has mu and logvar (model=seqsetvae)
-    threshold: float = 0.01  # a unit is active when Var over the val set of E[z|x] exceeds this
-    min_active_fraction: float = 0.1  # low: fewer active units than this fraction of the latent dims
-    min_kl: float = 0.1  # ...or a raw KL (nats per set, summed over dims) below this
+    threshold: float = opt(0.01, interval(0))  # a unit is active when Var over the val set of E[z|x] exceeds this
+    min_active_fraction: float = opt(0.1, fraction())  # low: fewer active units than this fraction of the latent dims
+    min_kl: float = opt(0.1, interval(0))  # ...or a raw KL (nats per set, summed over dims) below this
     patience: int = opt(2, at_least(1))  # warn after this many low validations in a row
     action: str = opt("warn", one_of("warn", "stop"))
 
@@ -436,9 +459,46 @@ def validate(cfg) -> None:
 
 
 
+# what the batches of each data kind are, and what a model's output is for a loss
+KINDS = {"masks": "images with binary masks", "classes": "images with class labels",
+         "events": "event sequences with a label (data.layout=events)",
+         "sets": "sequences of event sets with a label (data.layout=sets)"}
+OUTPUTS = {"binary": "binary logits", "classes": "class logits", "vae": "a VAE's outputs"}
+
+
+def _option(group: str, node) -> str:
+    return next((name for name, s in SCHEMAS[group].items() if s._target_ == node.get("_target_")),
+                str(node.get("_target_")))
+
+
+def _check_combination(cfg) -> None:
+    """The model reads what the data gives and the loss takes what the model gives (any
+    other pairing crashes in its first step). A model or loss of the user's own (a
+    ``_target_`` without a schema here) is not checked."""
+    from trainforge.rules import schema_of
+
+    kind = getattr(schema_of(cfg.data, BY_TARGET), "KIND", None)
+    kind = cfg.data.get(kind) if kind == "layout" else kind
+    model = schema_of(cfg.model, BY_TARGET)
+    reads, gives = getattr(model, "READS", None), getattr(model, "GIVES", None)
+    data, name = _option("data", cfg.data), _option("model", cfg.model)
+    if kind and reads and reads != kind:
+        fits = [n for n, s in SCHEMAS["model"].items() if getattr(s, "READS", None) == kind]
+        layout = ", or data.layout=sets" if kind == "events" and reads == "sets" else \
+            ", or data.layout=events" if kind == "sets" and reads == "events" else ""
+        raise ConfigError(f"model={name}: reads {KINDS[reads]}, but data={data} gives {KINDS[kind]}; "
+                          f"use model={' or model='.join(fits)}{layout}")
+    takes = getattr(schema_of(cfg.loss, BY_TARGET), "TAKES", None)
+    if gives and takes and takes != gives:
+        fits = [n for n, s in SCHEMAS["loss"].items() if getattr(s, "TAKES", None) == gives]
+        raise ConfigError(f"loss={_option('loss', cfg.loss)}: takes {OUTPUTS[takes]}, but model={name} gives "
+                          f"{OUTPUTS[gives]}; use loss={', '.join(fits)}")
+
+
 def _not_built_yet(cfg) -> None:
     """Relations across groups that no single schema holds, and values this build cannot run."""
     progress_mode(cfg.log.progress)
+    _check_combination(cfg)
     if cfg.model.get("freeze_encoder") and not cfg.model.get("init_weights"):
         raise ConfigError("model.init_weights: not set, but model.freeze_encoder=true would freeze an untrained "
                           "encoder; pass model.init_weights=PRETRAIN_RUN/best_model_weights.pt")
