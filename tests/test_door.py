@@ -3,6 +3,7 @@ before anything is trained and without leaving a run directory that claims a run
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 
@@ -286,11 +287,18 @@ def test_bad_inputs_on_the_command_line(env, files, tmp_path):
         assert not holds_run(tmp_path / f"run{i}"), args
 
 
-def test_a_crash_says_where_its_traceback_is(train, tmp_path):
-    """A bug, not a user error (here: a classifier's logits fed to a segmentation loss):
-    exit 1, one stderr line naming training.log, which holds the traceback."""
+def test_a_crash_says_where_its_traceback_is(env, tmp_path):
+    """A bug, not a user error (here: a model of the user's own, which the door does not
+    check, whose output does not fit the masks): exit 1, one stderr line naming
+    training.log, which holds the traceback."""
+    (tmp_path / "own_model.py").write_text(
+        "import torch\n\nclass Model(torch.nn.Module):\n    def __init__(self, **keys):\n"
+        "        super().__init__()\n        self.conv = torch.nn.Conv2d(1, 1, 3)  # no padding: 30x30 logits\n\n"
+        "    def forward(self, x):\n        return self.conv(x)\n")
     run_dir = tmp_path / "run"
-    proc = train(*QUICK, "model=cnn", f"hydra.run.dir={run_dir}", check=False)
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *QUICK, "model._target_=own_model.Model",
+                           f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))))
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 1, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("trainforge: crashed: "), proc.stderr

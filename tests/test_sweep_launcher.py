@@ -156,6 +156,19 @@ def test_a_failing_job_is_reported_the_others_complete_and_the_sweep_exits_nonze
     assert float(rows[0]["best_val_dice"]) == record["best"]["value"] and int(rows[0]["best_epoch"]) == 1
 
 
+def test_a_sweep_refused_before_any_job_leaves_no_directory(env, tmp_path):
+    """A launcher value no job can run with, or an option that does not exist, is one line
+    (exit 2) before any job starts, and the new multirun/DATE/TIME/ (holding only Hydra's
+    multirun.yaml) is removed."""
+    for args in (["hydra.launcher.timeout_min=0"], ["hydra.launcher.stop_grace_s=-5"], ["loss=focal,focl"]):
+        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *ONE, *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        key = args[0].split("=")[0] if "launcher" in args[0] else "loss=focl: no such option"
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
+        assert proc.stderr.startswith("trainforge: error: ") and key in proc.stderr, proc.stderr
+    assert not (tmp_path / "multirun").exists() or list((tmp_path / "multirun").iterdir()) == []
+
+
 # ---- AC4: SIGTERM on the parent, then the same sweep again -------------------------------------
 @pytest.mark.slow  # CI time (a minute): two sweeps and five jobs
 def test_sigterm_stops_every_job_and_the_rerun_finishes_the_sweep(env, tmp_path):

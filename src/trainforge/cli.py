@@ -34,8 +34,9 @@ def run_dir_for(resume, default: str) -> str:
     return str(home) if home is not None else _new_dir(default)
 
 
-_NEW_DIRS: list = []  # default run directories this process named before they existed
+_NEW_DIRS: list = []  # default run and sweep directories this process named before they existed
 HYDRA_RECORD = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+SWEEP_RECORD = "multirun.yaml"  # what Hydra writes in a sweep directory before any job runs
 
 
 def _new_dir(path: str) -> str:
@@ -45,18 +46,18 @@ def _new_dir(path: str) -> str:
 
 
 def drop_refused_run_dirs() -> None:
-    """After a single run refused before it started (at the door, or while preparing and
-    building: a run writes nothing of its own until then): remove the new run directory
-    Hydra made for it (``outputs/DATE/TIME/``) when it holds nothing but Hydra's record of
-    the refused composition and the run lock, so typos leave no empty runs behind. Only a
-    directory this process named before it existed (never one given by ``hydra.run.dir``
-    or ``resume``)."""
+    """After a run refused before it started (at the door, or while preparing and building:
+    a run writes nothing of its own until then), or a sweep refused before any job ran:
+    remove the new directory Hydra made for it (``outputs/DATE/TIME/``, ``multirun/DATE/TIME/``)
+    when it holds nothing but Hydra's record of the refused composition (and the run lock),
+    so typos leave no empty runs behind. Only a directory this process named before it
+    existed (never one given by ``hydra.run.dir``, ``hydra.sweep.dir`` or ``resume``)."""
     from trainforge.rundir import LOCK
 
     for name in _NEW_DIRS:
         run_dir, record = Path(name), Path(name) / ".hydra"
         try:
-            if {p.name for p in run_dir.iterdir()} - {".hydra", LOCK}:
+            if {p.name for p in run_dir.iterdir()} - {".hydra", LOCK, SWEEP_RECORD}:
                 continue
             if record.exists() and {p.name for p in record.iterdir()} - HYDRA_RECORD:
                 continue
@@ -65,6 +66,7 @@ def drop_refused_run_dirs() -> None:
             if record.exists():
                 record.rmdir()
             (run_dir / LOCK).unlink(missing_ok=True)
+            (run_dir / SWEEP_RECORD).unlink(missing_ok=True)
             run_dir.rmdir()
             run_dir.parent.rmdir()  # outputs/DATE/ when this was its only run (not empty: stays)
         except OSError:
@@ -92,6 +94,7 @@ def hydra_record(output_dir: str):
 
 
 OmegaConf.register_new_resolver("tf_run_dir", run_dir_for, replace=True)
+OmegaConf.register_new_resolver("tf_sweep_dir", lambda path: _new_dir(str(path)), replace=True)
 OmegaConf.register_new_resolver("tf_hydra_record", hydra_record, replace=True)
 OmegaConf.register_new_resolver("tf_now", start_time, use_cache=True, replace=True)
 
@@ -167,7 +170,7 @@ def guarded(main) -> None:
             raise
         if quiet:
             sys.exit(1 if not isinstance(exc, USER_ERRORS) else getattr(exc, "exit_code", 2))
-        if not multirun and isinstance(exc, USER_ERRORS):
+        if isinstance(exc, USER_ERRORS):
             drop_refused_run_dirs()
         if not isinstance(exc, USER_ERRORS):  # a crash: say what and where its traceback is
             where = getattr(exc, "training_log", None)

@@ -39,6 +39,22 @@ class Entry:
     skipped: bool = False
 
 
+def check_params(params: dict) -> None:
+    """The numbers of either launcher's config, before any job starts (a zero timeout
+    failed every job with a cut-off submitit error, a zero thread count crashed each job)."""
+    from trainforge.rules import at_least, fail, interval, positive
+
+    checks = {"timeout_min": positive, "poll_s": positive, "signal_delay_s": at_least(0),
+              "max_num_timeout": at_least(0), "stop_grace_s": interval(0), "threads_per_job": at_least(1),
+              "nodes": at_least(1), "tasks_per_node": at_least(1), "gpus_per_task": at_least(0),
+              "cpus_per_task": at_least(1), "mem_gb": at_least(1), "array_parallelism": at_least(1)}
+    for key, check in checks.items():
+        value = params.get(key)
+        problem = check(value) if value is not None else None
+        if problem:
+            raise fail(f"hydra.launcher.{key}", value, problem)
+
+
 class _SubmititLauncher(Launcher):
     """What both launchers share: job bookkeeping, resumable sweeps, report, signals."""
 
@@ -55,6 +71,7 @@ class _SubmititLauncher(Launcher):
 
     # ---- the sweep ------------------------------------------------------------------
     def launch(self, job_overrides, initial_job_idx: int) -> List[JobReturn]:
+        check_params(self.params)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         entries = [Entry(initial_job_idx + i, list(o), self._run_dir(list(o), initial_job_idx + i))
