@@ -187,7 +187,9 @@ def test_partial_in_progress_and_empty_directories(run_dir, tmp_path, capsys):
     assert any("is gone" in w for w in analyze.summary(analyze.load_run(live))["warnings"])
 
     assert analyze.main([str(tmp_path / "empty_does_not_exist")]) == 2
-    assert capsys.readouterr().err.strip().endswith("no such directory")
+    assert "empty_does_not_exist: no such directory" in capsys.readouterr().err
+    assert analyze.main([str(run_dir / "status.json")]) == 2
+    assert "status.json: a file, not a directory" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert analyze.main([str(tmp_path / "empty")]) == 2
     proc = capsys.readouterr()

@@ -81,6 +81,8 @@ CASES = [
     (["data.path={f}"], "data.path="),
     (["data.path={f}/notes.txt"], "notes.txt"),
     (["data.path={f}/nokeys.h5"], "nokeys.h5"),
+    (["data.cache_dir={f}/notes.txt"], "data.cache_dir={f}/notes.txt: cannot hold the embedded data set"),
+    (["data.cache_dir=''"], "data.cache_dir='': names no directory"),
     (["experiment=seqset", "data.max_length=4"], "data.max_length=4"),
     # loss
     (["loss.alpha=1.5"], "loss.alpha=1.5"),
@@ -259,7 +261,8 @@ def test_a_refused_run_leaves_no_empty_run_directory(env, tmp_path):
     (tmp_path / "empty").mkdir()
     for args in (["trainer.epochs=-1"], ["resume=/no/such/run"], ["trainer.epochs=-1", f"hydra.run.dir={named}"],
                  [*QUICK, "checkpoint.monitor=val_nope"],  # found while building, before the run starts
-                 ["resume=plain.pth"], ["resume=empty"]):  # nothing lands next to the file, nor in the folder
+                 ["resume=plain.pth"], ["resume=empty"],  # nothing lands next to the file, nor in the folder
+                 [f"hydra.run.dir={tmp_path / 'plain.pth'}"]):  # a file where the run directory would go
         proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and proc.stderr.startswith("trainforge: error: "), (args, proc.stderr)

@@ -357,7 +357,8 @@ def analyze(path, batch_metrics: bool = False, window: int | None = None, out=pr
     """Analyse a run or a sweep directory; raises AnalysisError for anything else."""
     path = Path(path)
     if not path.is_dir():
-        raise AnalysisError(f"{path}: no such directory")
+        raise AnalysisError(f"{path}: {'a file, not a' if path.exists() else 'no such'} directory "
+                            "(give a run directory, a sweep directory or a folder of runs)")
     if is_run(path):
         return analyze_run(path, batch_metrics, window, out)
     if job_dirs(path):

@@ -172,6 +172,10 @@ def guarded(main) -> None:
             sys.exit(1 if not isinstance(exc, USER_ERRORS) else getattr(exc, "exit_code", 2))
         if isinstance(exc, USER_ERRORS):
             drop_refused_run_dirs()
+        if isinstance(exc, OSError) and exc.filename and not isinstance(exc, USER_ERRORS):
+            # raised before the run (Hydra making hydra.run.dir where a file is, say): no bug of ours
+            print(f"trainforge: error: {exc.filename}: {exc.strerror or exc}", file=stderr)
+            sys.exit(2)
         if not isinstance(exc, USER_ERRORS):  # a crash: say what and where its traceback is
             where = getattr(exc, "training_log", None)
             hint = f"traceback in {where}" if where else "HYDRA_FULL_ERROR=1 shows the traceback"

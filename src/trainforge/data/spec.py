@@ -30,9 +30,16 @@ class DataSpec:
         embedded file ``cache_dir/name``, written by ``make(path)`` on first use."""
         if path is not None:
             return Path(path).expanduser()
+        if not str(cache_dir).strip():
+            raise DataError("data.cache_dir='': names no directory (TRAINFORGE_DATA_DIR set but empty?)")
         path = Path(cache_dir).expanduser() / name
         if not path.is_file():
-            make(path)
+            try:
+                make(path)
+            except OSError as exc:  # the cache is a file, or not writable: say which key chose it
+                raise DataError(f"data.cache_dir={cache_dir}: cannot hold the embedded data set "
+                                f"({exc.strerror or exc}: {exc.filename or path}); point data.cache_dir or "
+                                "TRAINFORGE_DATA_DIR at a writable directory") from None
         return path
 
     def split_at(self, n: int) -> int:
