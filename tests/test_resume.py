@@ -162,6 +162,17 @@ def test_resume_auto_falls_back_past_a_corrupt_latest(train_here, tmp_path):
     assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1, 2, 3]
 
 
+def test_a_run_killed_before_its_first_save_says_how_to_start_it_over(train_here, tmp_path):
+    run = tmp_path / "run"  # killed while starting: a status, a log line, no checkpoint
+    run.mkdir()
+    (run / "status.json").write_text(json.dumps({"status": "RUNNING", "pid": 2 ** 22 + 1}))
+    (run / "training.log").write_text("Run directory: run\n")
+    with pytest.raises(CheckpointError, match=rf"no checkpoint in this run directory .*hydra.run.dir={run} resume=auto"):
+        train_here(run, f"resume={run}")
+    train_here(run, *QUICK, "trainer.epochs=1", "resume=auto")
+    assert json.loads((run / "status.json").read_text())["status"] == "COMPLETED"
+
+
 def test_resume_from_truncated_file_is_one_line(train, train_here, tmp_path):
     run = tmp_path / "run"
     train_here(run, *QUICK, "trainer.epochs=1")

@@ -44,11 +44,15 @@ def find_checkpoint(resume: str, run_dir: Path):
         if not path.is_dir():
             raise CheckpointError(f"resume={resume}: no such checkpoint file or run directory")
         folder, required = path, True
-    for path in candidates(folder):
+    found = candidates(folder)
+    for path in found:
         try:
             return path, load_checkpoint(path)
         except CheckpointError as e:
             log.warning("Skipping %s (falling back to the previous checkpoint)", e)
+    if required and not found:
+        raise CheckpointError(f"resume={resume}: no checkpoint in this run directory (it stopped before its first "
+                              f"save); to start it over there: hydra.run.dir={folder} resume=auto")
     if required:
         raise CheckpointError(f"resume={resume}: no valid checkpoint in this run directory")
     log.info("resume=auto: no checkpoint in %s, starting from scratch", run_dir)
