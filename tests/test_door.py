@@ -94,6 +94,7 @@ CASES = [
     (["optimizer.lr=-5"], "optimizer.lr=-5"),
     (["optimizer.lr=abc"], "optimizer.lr"),
     (["optimizer.lrr=1"], "did you mean optimizer.lr"),
+    (["optimizer.lr=${{oc.env:TRAINFORGE_TEST_UNSET}}"], "optimizer.lr=${{oc.env:TRAINFORGE_TEST_UNSET}}: "),
     (["optimizer.weight_decay=-1"], "optimizer.weight_decay=-1"),
     (["optimizer.betas=[0.9,1.5]"], "optimizer.betas=[0.9,1.5]"),
     (["optimizer=sgd", "optimizer.momentum=1.5"], "optimizer.momentum=1.5"),
@@ -138,6 +139,7 @@ CASES = [
     (["hydra.searchpath=[file://{f}]", "experiment=typo_model"], "did you mean model.depth"),
     (["resume=/no/such/run"], "resume=/no/such/run"),
     (["resume={f}/notes.txt"], "notes.txt"),
+    (["+resume_force=true"], "resume_force=true: means nothing without resume"),
 ]
 
 

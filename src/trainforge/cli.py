@@ -172,6 +172,9 @@ def guarded(main) -> None:
             sys.exit(1 if not isinstance(exc, USER_ERRORS) else getattr(exc, "exit_code", 2))
         if isinstance(exc, USER_ERRORS):
             drop_refused_run_dirs()
+        if isinstance(exc, ValueError) and str(exc).startswith("Only one of --run, --multirun"):
+            print(f"trainforge: error: {exc}", file=stderr)  # Hydra's own usage error (-m with --cfg)
+            sys.exit(2)
         if isinstance(exc, OSError) and exc.filename and not isinstance(exc, USER_ERRORS):
             # raised before the run (Hydra making hydra.run.dir where a file is, say): no bug of ours
             print(f"trainforge: error: {exc.filename}: {exc.strerror or exc}", file=stderr)

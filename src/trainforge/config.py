@@ -498,6 +498,9 @@ def _check_combination(cfg) -> None:
 def _not_built_yet(cfg) -> None:
     """Relations across groups that no single schema holds, and values this build cannot run."""
     progress_mode(cfg.log.progress)
+    if cfg.get("resume_force") and cfg.get("resume") is None:
+        raise ConfigError("resume_force=true: means nothing without resume=PATH (it lets a resume change the "
+                          "experiment)")
     _check_combination(cfg)
     if cfg.model.get("freeze_encoder") and not cfg.model.get("init_weights"):
         raise ConfigError("model.init_weights: not set, but model.freeze_encoder=true would freeze an untrained "

@@ -206,8 +206,14 @@ def check_node(prefix: str, node, kind, cfg) -> None:
     """Every field check, then every relation, of one schema-typed node."""
     from omegaconf import OmegaConf
 
+    from omegaconf.errors import InterpolationResolutionError
+
     for f in dataclasses.fields(kind):
-        value = node.get(f.name)
+        try:
+            value = node.get(f.name)
+        except InterpolationResolutionError as exc:  # ${oc.env:UNSET}, ${no.such.key}: name the key
+            raw = OmegaConf.to_container(node, resolve=False).get(f.name)
+            raise ConfigError(f"{prefix}{f.name}={raw}: {str(exc).splitlines()[0]}") from None
         if value is None:  # null passed the type check: it is allowed
             continue
         for check in f.metadata.get("checks", ()):

@@ -232,6 +232,10 @@ def _prepare(cfg, run_dir: Path, overrides):
     if ckpt is not None:
         cfg = resume.recompose(cfg, ckpt, overrides)
         validate(cfg)
+        reached = ckpt["epoch"] + (1 if ckpt.get("batch_in_epoch") else 0)  # epochs done, or begun
+        if cfg.trainer.epochs < reached:
+            raise ConfigError(f"trainer.epochs={cfg.trainer.epochs}: the checkpoint {ckpt_path} is already in or "
+                              f"past epoch {reached}; resume with trainer.epochs >= {reached}")
         from trainforge import launch
 
         world = dist.world_size() if dist.is_dist() else launch.process_count(cfg.trainer.devices,
