@@ -261,13 +261,16 @@ def test_a_refused_run_leaves_no_empty_run_directory(env, tmp_path):
     named = tmp_path / "named"
     (tmp_path / "plain.pth").write_bytes(b"not a checkpoint")
     (tmp_path / "empty").mkdir()
-    for args in (["trainer.epochs=-1"], ["resume=/no/such/run"], ["trainer.epochs=-1", f"hydra.run.dir={named}"],
-                 [*QUICK, "checkpoint.monitor=val_nope"],  # found while building, before the run starts
-                 ["resume=plain.pth"], ["resume=empty"],  # nothing lands next to the file, nor in the folder
-                 [f"hydra.run.dir={tmp_path / 'plain.pth'}"]):  # a file where the run directory would go
-        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 2 and proc.stderr.startswith("trainforge: error: "), (args, proc.stderr)
+    cases = (["trainer.epochs=-1"], ["resume=/no/such/run"], ["trainer.epochs=-1", f"hydra.run.dir={named}"],
+             [*QUICK, "checkpoint.monitor=val_nope"],  # found while building, before the run starts
+             ["resume=plain.pth"], ["resume=empty"],  # nothing lands next to the file, nor in the folder
+             [f"hydra.run.dir={tmp_path / 'plain.pth'}"])  # a file where the run directory would go
+    procs = [(args, subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+             for args in cases]  # at once: each names its own microsecond directory
+    for args, proc in procs:
+        err = proc.communicate(timeout=300)[1]
+        assert proc.returncode == 2 and err.startswith("trainforge: error: "), (args, err)
     assert list((tmp_path / "outputs").glob("*/*")) == [other]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "named", "outputs", "plain.pth"]
     assert list((tmp_path / "empty").iterdir()) == []

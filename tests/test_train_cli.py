@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SMALL, contract
+import numpy as np
+
+from conftest import ROOT, SMALL, contract, write_h5
 
 BATCH_LINE = re.compile(r"Epoch \[\d+/\d+\] - Progress [\d.]+% \(\d+/\d+\) - Batch Loss: \S+ - LR: \S+")
 
@@ -74,7 +76,7 @@ def test_sweep_gives_one_full_run_dir_per_job_and_a_summary(train, tmp_path):
     assert [contract(job) for job in jobs] == [[], []]
 
 
-def test_existing_run_directory_is_never_overwritten(train, tmp_path):
+def test_existing_run_directory_is_never_overwritten(train, train_here, tmp_path):
     run = tmp_path / "run"
     train(*SMALL, "trainer.epochs=1", "seed=1", f"hydra.run.dir={run}")
 
@@ -88,14 +90,16 @@ def test_existing_run_directory_is_never_overwritten(train, tmp_path):
     assert "already holds a run" in proc.stderr and str(run) in proc.stderr
     assert files() == before
     other = tmp_path / "other"  # a resume of another run continues there, never here
-    train(*SMALL, "trainer.epochs=1", f"hydra.run.dir={other}")
+    train_here(other, *SMALL, "trainer.epochs=1")
     proc = train(f"resume={other}", "trainer.epochs=2", f"hydra.run.dir={run}", check=False)
     assert proc.returncode == 2 and "already holds another run" in proc.stderr and f"resume={other}" in proc.stderr
     assert files() == before
-    # a resume refused while building (after the checkpoint loaded) changes none of the run's files
-    # and keeps its status COMPLETED; only the lock's holder stamp (.trainforge.lock) is rewritten
-    proc = train(f"resume={run}", "trainer.epochs=2", "checkpoint.monitor=val_nope", check=False)
-    assert proc.returncode == 2 and "checkpoint.monitor=val_nope" in proc.stderr
+    # a resume refused while building (after the checkpoint loaded: here the data file it names
+    # has no images) changes none of the run's files and keeps its status COMPLETED; only the
+    # lock's holder stamp (.trainforge.lock) is rewritten
+    write_h5(tmp_path / "nokeys.h5", pictures=np.zeros((4, 1, 8, 8), np.float32))
+    proc = train(f"resume={run}", "trainer.epochs=2", f"data.path={tmp_path / 'nokeys.h5'}", check=False)
+    assert proc.returncode == 2 and "nokeys.h5" in proc.stderr, proc.stderr
     after = files()
     after.pop(".trainforge.lock"), before.pop(".trainforge.lock")
     assert after == before
