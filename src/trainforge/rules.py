@@ -205,7 +205,6 @@ def _rules(kind) -> list:
 def check_node(prefix: str, node, kind, cfg) -> None:
     """Every field check, then every relation, of one schema-typed node."""
     from omegaconf import OmegaConf
-
     from omegaconf.errors import InterpolationResolutionError
 
     for f in dataclasses.fields(kind):

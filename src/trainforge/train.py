@@ -175,21 +175,17 @@ def _run(cfg, run_dir: Path, overrides, ranks):
         if delegated:  # the ranks recorded the outcome (launch.spawn filled in a rank that died)
             raise
         error = _as_user_error(e, run_dir, trainer)
-        if error is not None and not opened:  # refused before it started: nothing is written
-            if error is e:
-                raise
-            raise error from None
-        if not opened:  # a crash while preparing: training.log gets what led to it
-            release_held_records()
-        if error is None:  # a crash: its traceback goes to training.log, stderr says where
-            log.exception("training failed: %s", e, extra={"console": False})
-            e.training_log = str(run_dir / "training.log")
-            error = e
-        else:
-            log.error("%s", error, extra={"console": False})  # the CLI prints it once, on stderr
-        if main and (opened or cfg.resume is None):  # a crash while resuming does not relabel the run
-            text = str(error) if error is not e or isinstance(e, TrainforgeError) else f"{type(e).__name__}: {e}"
-            write_final_status(run_dir, "FAILED", error=text, started=started, **_final(trainer))
+        if opened or error is None:  # a user error before the run opened writes nothing
+            release_held_records()  # a crash while preparing: training.log gets what led to it
+            if error is None:  # a crash: its traceback goes to training.log, stderr says where
+                log.exception("training failed: %s", e, extra={"console": False})
+                e.training_log = str(run_dir / "training.log")
+                error = e
+            else:
+                log.error("%s", error, extra={"console": False})  # the CLI prints it once, on stderr
+            if main and (opened or cfg.resume is None):  # a crash while resuming does not relabel the run
+                text = str(error) if error is not e or isinstance(e, TrainforgeError) else f"{type(e).__name__}: {e}"
+                write_final_status(run_dir, "FAILED", error=text, started=started, **_final(trainer))
         if error is e:
             raise
         raise error from None

@@ -203,6 +203,13 @@ class CheckpointManager:
         self.best = dict(state["best"])
         self.entries = [e for e in state["entries"] if (self.run_dir / e["file"]).is_file()]
 
+    def rebase(self, values: dict) -> None:
+        """Another monitor than the one the tables were kept in: the epoch files take their
+        epochs' ``values`` (epoch -> the new monitor's value) and the best starts over."""
+        self.best = {"monitor": self.monitor, "mode": self.mode, "value": None, "epoch": None}
+        for entry in self.entries:
+            entry["metric"] = values.get(entry["epoch"])
+
     def is_better(self, value: float) -> bool:
         old = self.best["value"]
         if value != value:  # NaN is never better

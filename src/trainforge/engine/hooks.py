@@ -194,10 +194,7 @@ class CheckpointHook(HookBase):
             return
         log.warning("checkpoint.monitor changed from %s (%s) to %s (%s): best_model.pth is the next epoch's, "
                     "then the best from there on", m.best["monitor"], m.best["mode"], m.monitor, m.mode)
-        values = {r["epoch"]: flatten(r).get(m.monitor) for r in self.trainer.history}
-        m.best = {"monitor": m.monitor, "mode": m.mode, "value": None, "epoch": None}
-        for entry in m.entries:
-            entry["metric"] = values.get(entry["epoch"])
+        m.rebase({r["epoch"]: flatten(r).get(m.monitor) for r in self.trainer.history})
 
     def after_step(self) -> None:
         t = self.trainer
