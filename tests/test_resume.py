@@ -117,6 +117,25 @@ def test_sigterm_mid_epoch_saves_marks_preempted_and_resumes_exactly(train, trai
     assert shown == [(1, b) for b in sorted({first, *range(20, 41, 20)}) if b >= first] + [(2, 1), (2, 20), (2, 40)]
 
 
+def test_sigterm_as_soon_as_the_run_is_marked_running_saves_and_resumes_exactly(train, train_here, env, tmp_path):
+    """From the moment status.json says RUNNING, a stop signal ends in PREEMPTED with a checkpoint,
+    even before the first step (TensorBoard's import widens the time before it)."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    args = [*QUICK, "trainer.epochs=1", "log.tensorboard=true"]
+    train_here(straight, *args)
+    proc = start(env, tmp_path, *args, f"hydra.run.dir={stopped}")
+    wait_for(stopped / "status.json", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == Preempted.EXIT_CODE, stderr
+    assert json.loads((stopped / "status.json").read_text())["status"] == "PREEMPTED"
+    assert not list(stopped.glob(".*.tmp")) and (stopped / "config.yaml").exists()
+    ckpt = load_checkpoint(stopped / "latest_checkpoint.pth")
+    assert ckpt["epoch"] == 0 and ckpt["batch_in_epoch"] <= 1
+    train(f"resume={stopped}")
+    assert_same_run(straight, stopped)
+
+
 def test_training_log_holds_every_batch_line_a_checkpoint_covers(train_here, tmp_path, monkeypatch):
     """A crash loses no training.log line that the last checkpoint covers: the file is
     flushed before every save (here with the once-a-second flush turned off)."""

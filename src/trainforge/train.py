@@ -148,6 +148,7 @@ def _run(cfg, run_dir: Path, overrides, ranks):
             if missing:
                 log.warning("The checkpoint holds no %s state: starting it fresh", ", ".join(missing))
         if not opened:
+            _preemption(trainer).arm()  # a signal from RUNNING on saves a checkpoint
             open_run(cfg)
         log.info("Device: %s - precision: %s - parameters: %d - train batches/epoch: %d",
                  trainer.device, trainer.precision.mode, sum(p.numel() for p in trainer.params),

@@ -250,14 +250,20 @@ class PreemptionHook(HookBase):
     SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
 
     def __init__(self, checkpointer: CheckpointHook):
-        self.checkpointer, self.previous = checkpointer, {}
+        self.checkpointer, self.previous, self.armed = checkpointer, {}, False
 
     def before_train(self) -> None:
+        self.arm()
+
+    def arm(self) -> None:
+        """Install the handlers (once). ``run`` arms them before it marks the run RUNNING, so
+        a signal from then on gets a checkpoint and PREEMPTED, even before the first step."""
         import signal
         import threading
 
-        if threading.current_thread() is not threading.main_thread():
+        if self.armed or threading.current_thread() is not threading.main_thread():
             return
+        self.armed = True
         for name in self.SIGNALS:
             sig = getattr(signal, name, None)
             if sig is not None:
