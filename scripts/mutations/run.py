@@ -72,6 +72,8 @@ CATCHERS = {
     "summary_without_final_val": ["tests/test_sweep_launcher.py::"
                                   "test_a_failing_job_is_reported_the_others_complete_and_the_sweep_exits_nonzero"],
     "resumed_stdout_from_batch_1": ["tests/test_resume.py::test_sigterm_mid_epoch_saves_marks_preempted_and_resumes_exactly"],
+    "signal_before_first_step_unhandled": ["tests/test_resume.py::"
+                                           "test_sigterm_as_soon_as_the_run_is_marked_running_saves_and_resumes_exactly"],
     "no_flush_before_save": ["tests/test_resume.py::test_training_log_holds_every_batch_line_a_checkpoint_covers"],
     **dict.fromkeys(["clip_grad_zero_allowed", "compile_backend_unchecked_when_off"],
                     ["tests/test_door.py::test_table_of_bad_inputs_each_refused_in_one_line"]),
