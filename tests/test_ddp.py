@@ -133,6 +133,20 @@ def test_two_ranks_resume_exactly_also_after_sigterm_to_the_parent(train, env, t
                            for r in csv.DictReader(open(p / name))]
         assert strip(straight) == strip(stopped)
 
+    # a signal while the ranks are still starting (importing torch, building) waits for them to arm:
+    # the run saves after its first step and resumes exactly (it failed with "rank 0: killed by SIGTERM")
+    early = tmp_path / "early"
+    proc = start(env, tmp_path, *args, "trainer.epochs=2", f"hydra.run.dir={early}")
+    wait_for_line(early / "status.json", proc, "RUNNING")
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == Preempted.EXIT_CODE, err
+    assert json.loads((early / "status.json").read_text())["status"] == "PREEMPTED"
+    assert load_checkpoint(early / "latest_checkpoint.pth")["batch_in_epoch"] <= 1
+    train(f"resume={early}")
+    assert max_weight_diff(straight, early) == 0.0
+
     # another world size is refused with a one-line diff, and continues from the global position when forced
     refused = train(f"resume={stopped}", "trainer.devices=1", "trainer.epochs=3", check=False)
     err = refused.stderr.strip().splitlines()

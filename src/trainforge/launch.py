@@ -25,12 +25,12 @@ import time
 import traceback
 from pathlib import Path
 
+from trainforge import signals
 from trainforge.ranks import env_rank, env_ranks
 from trainforge.errors import ConfigError, Preempted, RankFailed, TrainforgeError
 
 LAUNCHED = "TRAINFORGE_LAUNCHED"  # set in the ranks of our own launcher: the parent prepared the run
 NOW = "TRAINFORGE_NOW"  # the start time every rank of one run resolves its run directory from
-SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
 
 
 def process_count(devices, device: str) -> int:
@@ -76,29 +76,16 @@ def spawn(cfg_yaml: str, run_dir: Path, overrides: list, ckpt_path, n: int, on_g
     spec.write_text(json.dumps({"config": cfg_yaml, "run_dir": str(run_dir), "overrides": overrides,
                                 "resume": str(ckpt_path) if ckpt_path else None}))
     port, visible = _free_port(), _visible_gpus() if on_gpu else None
-    procs = []
-    for r in range(n):
-        env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), **{LAUNCHED: "1"})
-        for key in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS"):
-            env.pop(key, None)  # our ranks, not the scheduler's
-        if visible is not None:  # each rank sees the job's GPUs and takes cuda:<local rank>
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(visible)
-        # rank 0 shows its output (log lines, progress bar); the others' go to a file the
-        # parent copies into training.log if the run fails (their loader workers' noise included)
-        err = None if r == 0 else open(workdir / f"rank{r}.stderr", "wb")
-        procs.append(subprocess.Popen([sys.executable, "-m", "trainforge.launch", str(spec), str(workdir)],
-                                      env=env, start_new_session=True, stdout=subprocess.DEVNULL if r else None,
-                                      stderr=err))
-        if err is not None:
-            err.close()
+    with signals.blocked():  # the ranks begin with stop signals held back, until they can defer them
+        procs = [_start_rank(r, n, port, visible, spec, workdir) for r in range(n)]
+        previous = signals.take(_forwarder(procs))  # what arrived so far is delivered on leaving the block
     log.info("Launched %d ranks (pids %s)", n, ", ".join(str(p.pid) for p in procs))
-    previous = _forward_signals(procs)
+    signals.replay(_forwarder(procs))  # what arrived before the ranks existed
     try:
         codes = _wait(procs)
     finally:
-        for name, handler in previous.items():
-            signal.signal(getattr(signal, name), handler)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     try:
         _conclude(codes, workdir, run_dir, previous, log)
     finally:
@@ -116,18 +103,32 @@ def _visible_gpus() -> list:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def _forward_signals(procs) -> dict:
-    """Pass each stop signal on to every rank (they agree on the step, save once, exit 75)."""
+def _start_rank(r: int, n: int, port: int, visible, spec: Path, workdir: Path) -> subprocess.Popen:
+    env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(port), **{LAUNCHED: "1"})
+    for key in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS"):
+        env.pop(key, None)  # our ranks, not the scheduler's
+    if visible is not None:  # each rank sees the job's GPUs and takes cuda:<local rank>
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(visible)
+    # rank 0 shows its output (log lines, progress bar); the others' go to a file the
+    # parent copies into training.log if the run fails (their loader workers' noise included)
+    err = None if r == 0 else open(workdir / f"rank{r}.stderr", "wb")
+    try:
+        return subprocess.Popen([sys.executable, "-m", "trainforge.launch", str(spec), str(workdir)], env=env,
+                                start_new_session=True, stdout=subprocess.DEVNULL if r else None, stderr=err)
+    finally:
+        if err is not None:
+            err.close()
+
+
+def _forwarder(procs):
+    """Pass a stop signal on to every rank (they agree on the step, save once, exit 75)."""
     def forward(signum, frame):
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
 
-    previous = {}
-    for name in SIGNALS:
-        sig = getattr(signal, name)
-        previous[name] = signal.signal(sig, forward)
-    return previous
+    return forward
 
 
 def _wait(procs, grace_s: float = 10.0) -> list:
@@ -165,8 +166,8 @@ def _conclude(codes, workdir: Path, run_dir: Path, previous: dict, log) -> None:
             errors[r], _, tracebacks[r] = (workdir / f"rank{r}.txt").read_text().strip().partition("\n")
     if all(c == Preempted.EXIT_CODE for c in codes):
         err = Preempted(errors.get(0, "preempted"))
-        name = next((n for n in SIGNALS if f"by {n}" in str(err)), None)
-        handler = previous.get(name)
+        name = next((n for n in signals.NAMES if f"by {n}" in str(err)), None)
+        handler = previous.get(getattr(signal, name or "", None))
         if callable(handler) and handler is not signal.default_int_handler:
             handler(getattr(signal, name), None)  # e.g. submitit's requeue, as PreemptionHook.hand_on
         raise err
@@ -205,7 +206,9 @@ def rank_main(spec_path: str, workdir: str) -> int:
     if spec["resume"]:
         cfg.resume = spec["resume"]
     try:
-        run(cfg, run_dir=spec["run_dir"], overrides=spec["overrides"])
+        with signals.deferred():  # a stop signal while starting waits for PreemptionHook.arm
+            signals.let_in()  # the parent started this rank with them held back
+            run(cfg, run_dir=spec["run_dir"], overrides=spec["overrides"])
         return 0
     except BaseException as e:  # noqa: BLE001 - every outcome is reported to the parent
         if isinstance(e, TrainforgeError):

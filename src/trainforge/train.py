@@ -107,7 +107,7 @@ def _run(cfg, run_dir: Path, overrides, ranks):
     A user error before that point changes nothing in the directory: a refused resume
     leaves the run it names as it was, and a new directory only Hydra's record and the
     lock (the CLI removes it)."""
-    from trainforge import launch
+    from trainforge import launch, signals
 
     main = dist.is_main()
     launched = bool(os.environ.get(launch.LAUNCHED))  # a rank of our launcher: the parent opened the run
@@ -132,11 +132,13 @@ def _run(cfg, run_dir: Path, overrides, ranks):
         log.info("Run directory: %s", run_dir)
         n = launch.process_count(cfg.trainer.devices, cfg.trainer.device)
         if ranks is None and n > 1:
-            open_run(cfg)
-            log.info("DDP on %d processes (%s): per-rank batch %d, global batch %d", n,
-                     "nccl" if _on_gpu(cfg) else "gloo", cfg.data.batch_size, cfg.data.batch_size * n)
-            delegated, ckpt = True, None  # the ranks load the checkpoint themselves
-            launch.spawn(OmegaConf.to_yaml(cfg, resolve=True), run_dir, overrides, ckpt_path, n, _on_gpu(cfg), log)
+            with signals.deferred():  # from RUNNING on, a stop signal reaches the ranks (launch.spawn)
+                open_run(cfg)
+                log.info("DDP on %d processes (%s): per-rank batch %d, global batch %d", n,
+                         "nccl" if _on_gpu(cfg) else "gloo", cfg.data.batch_size, cfg.data.batch_size * n)
+                delegated, ckpt = True, None  # the ranks load the checkpoint themselves
+                launch.spawn(OmegaConf.to_yaml(cfg, resolve=True), run_dir, overrides, ckpt_path, n, _on_gpu(cfg),
+                             log)
             return json.loads((run_dir / STATUS).read_text()).get("best", {}).get("value")
         from trainforge.build import build
 

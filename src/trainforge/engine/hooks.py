@@ -247,8 +247,6 @@ class PreemptionHook(HookBase):
     to whatever handler was there before (submitit's requeue, for one). A second signal
     of the same kind gets the previous handler at once."""
 
-    SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
-
     def __init__(self, checkpointer: CheckpointHook):
         self.checkpointer, self.previous, self.armed = checkpointer, {}, False
 
@@ -256,18 +254,18 @@ class PreemptionHook(HookBase):
         self.arm()
 
     def arm(self) -> None:
-        """Install the handlers (once). ``run`` arms them before it marks the run RUNNING, so
-        a signal from then on gets a checkpoint and PREEMPTED, even before the first step."""
-        import signal
+        """Install the handlers (once; main thread only) and act on any signal a deferral
+        remembered. ``run`` arms them before it marks the run RUNNING, so a signal from then
+        on gets a checkpoint and PREEMPTED, even before the first step."""
         import threading
+
+        from trainforge import signals
 
         if self.armed or threading.current_thread() is not threading.main_thread():
             return
         self.armed = True
-        for name in self.SIGNALS:
-            sig = getattr(signal, name, None)
-            if sig is not None:
-                self.previous[sig] = signal.signal(sig, self._handle)
+        self.previous = signals.take(self._handle)
+        signals.replay(self._handle)
 
     def _handle(self, signum, frame) -> None:
         import signal
