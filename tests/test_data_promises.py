@@ -57,3 +57,18 @@ def test_shared_copy_follows_the_file_content(tmp_path, monkeypatch):
     new.close()
     old.close()
     assert not list((tmp_path / "shm").glob("trainforge-*"))
+
+
+def test_shared_copy_of_other_keys_or_dtypes_of_one_file_is_another_copy(tmp_path, monkeypatch):
+    """One file read for other arrays, or as another dtype: its own key and its own values."""
+    monkeypatch.setenv("TRAINFORGE_SHM_DIR", str(tmp_path / "shm"))
+    images, masks = make_glint(8, 16)
+    path = write_h5(tmp_path / "d.h5", images=images, masks=masks)
+    a = SharedArrays(path, ["images"], [np.float32])
+    b = SharedArrays(path, ["masks"], [np.float32])
+    c = SharedArrays(path, ["images"], [np.float16])
+    assert len({a.key, b.key, c.key}) == 3
+    assert np.array_equal(a.arrays["images"], images) and np.array_equal(b.arrays["masks"], masks)
+    assert c.arrays["images"].dtype == np.float16 and np.array_equal(c.arrays["images"], images.astype(np.float16))
+    for shared in (a, b, c):
+        shared.close()

@@ -16,6 +16,7 @@ from trainforge.config import validate
 from trainforge.data.seqset import SeqSetData, make_seqset
 from trainforge.data.seqsets import SetSeqDataset
 from trainforge.engine.checkpoint import safe_load
+from trainforge.engine.collapse import CollapseHook
 from trainforge.errors import ConfigError, DataError
 from trainforge.losses import ELBOLoss
 from trainforge.losses.elbo import beta_at
@@ -286,6 +287,32 @@ def test_collapsing_setting_warns_and_stop_ends_the_run(train_here, tmp_path):
     first = low.index(True)
     assert len(epochs) == first + 2 < 5 and all(low[first:])  # patience 2: stopped at the second low one
     assert json.loads((run / "status.json").read_text())["status"] == "COMPLETED"
+
+
+class _Validations:
+    """What CollapseHook reads of a trainer: the history's validations and the latest one."""
+
+    def __init__(self, lows):
+        vals = [{"active_fraction": 0.0 if low else 0.9, "kl_total": 5.0, "active_units": 0} for low in lows]
+        self.history, self.val_metrics = [{"val": v} for v in vals[:-1]], vals[-1]
+        self.epoch, self.step, self.stop_reason = len(lows) - 1, 10 * len(lows), None
+
+    def request_stop(self, reason):
+        self.stop_reason = reason
+
+
+@pytest.mark.parametrize("lows, stops", [([True, False, True], False), ([False, True, True], True),
+                                         ([True, True, False], False), ([True], False)])
+def test_collapse_counts_low_validations_in_a_row(tmp_path, lows, stops, caplog):
+    stats = LatentStats()
+    stats.update({"mu": torch.zeros(6, 4), "logvar": torch.zeros(6, 4)}, None)
+    stats.compute()
+    hook = CollapseHook(stats, tmp_path, min_active_fraction=0.1, min_kl=0.1, patience=2, action="stop")
+    hook.trainer = _Validations(lows)
+    with caplog.at_level("WARNING", logger="trainforge"):
+        hook.after_epoch()
+    assert (hook.trainer.stop_reason is not None) == stops and (WARNING in caplog.text) == stops
+    assert [int(r["epoch"]) for r in rows(tmp_path / "collapse.csv")] == [len(lows)] * 4
 
 
 @pytest.mark.slow  # CI time: beta is a closed form of the step (tested above) and resume is exact (test_resume)
