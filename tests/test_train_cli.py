@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import math
 import re
@@ -45,6 +46,12 @@ def test_interval_stdout_every_batch_in_log_and_cosine_lr(train, tmp_path):
     assert [int(r["epoch"]) for r in per_epoch] == [1, 2, 3]
     for e, row in enumerate(per_epoch, start=1):  # the LR of the epoch's last update
         assert math.isclose(float(row["lr"]), cosine(e * batches - 1), rel_tol=1e-9, abs_tol=1e-15)
+    # each epoch block's ETA: the mean epoch time so far times the epochs left (none after the last)
+    times = [float(r["epoch_time"]) for r in per_epoch]
+    etas = re.findall(r"ETA: (\S+)", (run / "training.log").read_text())
+    assert etas == [str(datetime.timedelta(seconds=round(sum(times[:e]) / e * (epochs - e))))
+                    for e in range(1, epochs + 1)]
+    assert etas[-1] == "0:00:00"
     assert contract(run, batch_metrics=True) == []
 
 

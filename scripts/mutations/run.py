@@ -77,6 +77,7 @@ CATCHERS = {
     "rank_start_signal_fatal": ["tests/test_ddp.py::test_two_ranks_resume_exactly_also_after_sigterm_to_the_parent"],
     "shm_key_ignores_keys": [f"{D}::test_shared_copy_of_other_keys_or_dtypes_of_one_file_is_another_copy"],
     "collapse_streak_not_consecutive": ["tests/test_seqsetvae.py::test_collapse_counts_low_validations_in_a_row"],
+    "eta_counts_finished_epoch": ["tests/test_train_cli.py::test_interval_stdout_every_batch_in_log_and_cosine_lr"],
     "no_flush_before_save": ["tests/test_resume.py::test_training_log_holds_every_batch_line_a_checkpoint_covers"],
     **dict.fromkeys(["clip_grad_zero_allowed", "compile_backend_unchecked_when_off"],
                     ["tests/test_door.py::test_table_of_bad_inputs_each_refused_in_one_line"]),
