@@ -13,22 +13,23 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import CONF, ROOT, SMALL
 
-from hydra_plugins.trainforge_launcher._pool import Pool, threads_per_job, visible_gpus
+from hydra_plugins.trainforge_launcher._pool import Pool, cores, threads_per_job, visible_gpus
 from trainforge.errors import ConfigError
 
 ONE = [*SMALL, "trainer.epochs=1"]
 
 
-def sweep(env, tmp_path, *args, cvd=None, wait=True):
+def sweep(env, tmp_path, *args, cvd=None, wait=True, one_thread=True):
     """``python train.py -m ARGS hydra.sweep.dir=tmp/sweep`` with a fake GPU pool ``cvd``.
     One torch thread per job: a second one slows a loaded 2-core CI box many times over."""
     e = dict(env)
     e.pop("CUDA_VISIBLE_DEVICES", None)
     if cvd is not None:
         e["CUDA_VISIBLE_DEVICES"] = cvd
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "hydra.launcher.threads_per_job=1", *args,
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *(["hydra.launcher.threads_per_job=1"] * one_thread), *args,
            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if not wait:
@@ -116,16 +117,24 @@ def test_fake_pool_one_id_per_job_two_at_once_and_a_true_queue(env, tmp_path):
     seen = [status(tmp_path, j)["cuda_visible_devices"] for j in range(4)]
     assert all(s in ("0", "1") for s in seen) and seen[0] != seen[1]
     assert [r["status"] for r in summary(tmp_path)] == ["COMPLETED"] * 4
+    assert [r["gpus"] for r in summary(tmp_path)] == seen
     assert re.search(r"job +overrides +status +best_val_dice +epochs +run_dir", proc.stdout)
 
 
-def test_jobs_per_gpu_packs_two_jobs_on_one_id(env, tmp_path):
-    proc = sweep(env, tmp_path, *ONE, "seed=0,1", "hydra.launcher.jobs_per_gpu=2", cvd="0")
+def test_jobs_per_gpu_packs_two_jobs_on_one_id_and_they_share_the_cores(env, tmp_path):
+    """Two jobs at once on one id; a job without trainer.threads (or given null) gets cores / 2
+    threads, a job given a number keeps it. (On 2 cores: 1 thread each, as the other tests.)"""
+    proc = sweep(env, tmp_path, *ONE, "trainer.threads=null,2", "hydra.launcher.jobs_per_gpu=2", cvd="0",
+                 one_thread=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert most_at_once(events(proc.stdout)) == 2
     runs = [status(tmp_path, j) for j in (0, 1)]
     assert [r["cuda_visible_devices"] for r in runs] == ["0", "0"]
     assert max(r["started"] for r in runs) < min(r["finished"] for r in runs)  # trained at the same time
+    threads = [yaml.safe_load((tmp_path / "sweep" / str(j) / "config.yaml").read_text())["trainer"]["threads"]
+               for j in (0, 1)]
+    assert threads == [threads_per_job(cores(), 2, 1), 2]
+    assert [r["gpus"] for r in summary(tmp_path)] == ["0", "0"]
 
 
 @pytest.mark.slow  # the grouping itself is unit-tested above
@@ -139,14 +148,25 @@ def test_gpus_per_job_gives_each_job_its_own_ids(env, tmp_path):
 
 # ---- AC3: a failing job -------------------------------------------------------------------
 def test_a_failing_job_is_reported_the_others_complete_and_the_sweep_exits_nonzero(env, tmp_path):
-    proc = sweep(env, tmp_path, *SMALL, "trainer.epochs=1,0")
+    """Job 1 fails at the door; job 2 is stopped by a signal of its own (not the sweep's): both
+    count as not completed."""
+    proc = sweep(env, tmp_path, *SMALL, "trainer.epochs=1,0,100", wait=False)
+    record = tmp_path / "sweep" / "2" / "status.json"
+    deadline = time.time() + 300
+    while not (record.exists() and json.loads(record.read_text())["status"] == "RUNNING"):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    os.kill(json.loads(record.read_text())["pid"], signal.SIGUSR1)
+    out, err = proc.communicate(timeout=300)
+    proc = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("trainforge: error: 1 of 2 job(s) did not complete")
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "trainforge: error: 2 of 3 job(s) did not complete (#1 FAILED, #2 PREEMPTED)"), proc.stderr
     assert "Traceback" not in proc.stderr
     assert re.search(r"^ +1 +trainer.epochs=0 +FAILED", proc.stdout, re.M), proc.stdout
     assert "trainer.epochs=0: must be an integer >= 1" in proc.stdout
     rows = summary(tmp_path)
-    assert [r["status"] for r in rows] == ["COMPLETED", "FAILED"]
+    assert [r["status"] for r in rows] == ["COMPLETED", "FAILED", "PREEMPTED"]
     assert "trainer.epochs=0: must be" in rows[1]["error"] and Path(rows[1]["log"]).is_file()
     assert not rows[0]["error"]
     record = status(tmp_path, 0)  # the completed job's row holds its final metrics and best value

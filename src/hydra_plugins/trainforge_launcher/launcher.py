@@ -126,13 +126,15 @@ class _SubmititLauncher(Launcher):
         return True
 
     def extra_overrides(self, e: Entry, threads: Optional[int], devices: int) -> List[str]:
-        """``trainer.threads`` and ``trainer.devices`` for this job, unless the user set them."""
-        keys = {_key(o) for o in e.overrides}
+        """``trainer.threads`` and ``trainer.devices`` for this job, unless the user set them
+        (a job given ``trainer.threads=null`` gets the launcher's share, as one not given it)."""
+        given = {_key(o): o.split("=", 1)[1] if "=" in o else None for o in e.overrides}
         trainer = self.config.get("trainer") or {}
         extra = []
-        if threads and "threads" in trainer and trainer.get("threads") is None and "trainer.threads" not in keys:
+        unset = given.get("trainer.threads", "null") in ("null", "None", "~", "")
+        if threads and "threads" in trainer and trainer.get("threads") is None and unset:
             extra.append(f"trainer.threads={threads}")
-        if devices > 1 and "devices" in trainer and "trainer.devices" not in keys:
+        if devices > 1 and "devices" in trainer and "trainer.devices" not in given:
             extra.append(f"trainer.devices={devices}")
         return extra
 
