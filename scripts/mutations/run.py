@@ -78,6 +78,12 @@ CATCHERS = {
     "shm_key_ignores_keys": [f"{D}::test_shared_copy_of_other_keys_or_dtypes_of_one_file_is_another_copy"],
     "collapse_streak_not_consecutive": ["tests/test_seqsetvae.py::test_collapse_counts_low_validations_in_a_row"],
     "eta_counts_finished_epoch": ["tests/test_train_cli.py::test_interval_stdout_every_batch_in_log_and_cosine_lr"],
+    **dict.fromkeys(["sweep_threads_ignore_parallel_jobs", "sweep_overrides_user_threads"],
+                    ["tests/test_sweep_launcher.py::test_jobs_per_gpu_packs_two_jobs_on_one_id_and_they_share_the_cores"]),
+    "summary_csv_without_gpu_ids": ["tests/test_sweep_launcher.py::"
+                                    "test_fake_pool_one_id_per_job_two_at_once_and_a_true_queue"],
+    "sweep_exit0_with_unfinished_jobs": ["tests/test_sweep_launcher.py::"
+                                         "test_a_failing_job_is_reported_the_others_complete_and_the_sweep_exits_nonzero"],
     "no_flush_before_save": ["tests/test_resume.py::test_training_log_holds_every_batch_line_a_checkpoint_covers"],
     **dict.fromkeys(["clip_grad_zero_allowed", "compile_backend_unchecked_when_off"],
                     ["tests/test_door.py::test_table_of_bad_inputs_each_refused_in_one_line"]),
