@@ -84,6 +84,10 @@ CATCHERS = {
                                     "test_fake_pool_one_id_per_job_two_at_once_and_a_true_queue"],
     "sweep_exit0_with_unfinished_jobs": ["tests/test_sweep_launcher.py::"
                                          "test_a_failing_job_is_reported_the_others_complete_and_the_sweep_exits_nonzero"],
+    **dict.fromkeys(["ddp_rng_rank0_for_all", "collapse_csv_written_by_every_rank"],
+                    ["tests/test_ddp.py::"
+                     "test_seqsetvae_on_two_ranks_resumes_each_ranks_random_stream_and_rank_0_alone_writes"]),
+    "ddp_accum_never_allreduces": ["tests/test_ddp.py::test_two_ranks_equal_one_process_with_the_global_batch"],
     "no_flush_before_save": ["tests/test_resume.py::test_training_log_holds_every_batch_line_a_checkpoint_covers"],
     **dict.fromkeys(["clip_grad_zero_allowed", "compile_backend_unchecked_when_off"],
                     ["tests/test_door.py::test_table_of_bad_inputs_each_refused_in_one_line"]),
