@@ -102,6 +102,15 @@ def test_no_host_sync_inside_an_epoch_on_gpu(compose_cfg, tmp_path, precision):
     assert trainer.history[-1]["epoch"] == 3
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: auto is fp32 on the CPU")
+def test_precision_auto_of_a_built_run_follows_compile_on_gpu(compose_cfg, tmp_path):
+    """The small default UNet: fp32 eager, bf16 compiled (where the GPU has bf16)."""
+    bf16 = torch.cuda.is_bf16_supported()
+    modes = [build(compose_cfg(*SMALL, "trainer.device=cuda", f"trainer.compile={c}"), tmp_path / c).precision.mode
+             for c in ("false", "true")]
+    assert modes == ["fp32", "bf16" if bf16 else "fp32"]
+
+
 def test_unknown_compile_backend_is_one_clear_error(compose_cfg, tmp_path):
     from trainforge.errors import ConfigError
 
