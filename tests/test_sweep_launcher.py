@@ -17,6 +17,7 @@ import yaml
 from conftest import CONF, ROOT, SMALL
 
 from hydra_plugins.trainforge_launcher._pool import Pool, cores, threads_per_job, visible_gpus
+from trainforge.engine.checkpoint import load_checkpoint
 from trainforge.errors import ConfigError
 
 ONE = [*SMALL, "trainer.epochs=1"]
@@ -190,6 +191,28 @@ def test_a_sweep_refused_before_any_job_leaves_no_directory(env, tmp_path):
 
 
 # ---- AC4: SIGTERM on the parent, then the same sweep again -------------------------------------
+def test_sigterm_to_a_sweep_of_ddp_jobs_lets_their_ranks_save(env, tmp_path):
+    """The sweep repeats its SIGTERM every 2 s for jobs still starting; a DDP job passes the
+    first on to its ranks and not the repeats (they killed ranks still finishing a long
+    accumulation window: FAILED, no checkpoint)."""
+    args = ["data.num_samples=2000", "data.image_size=64", "data.batch_size=16", "trainer.grad_accum=50",
+            "trainer.devices=2", "trainer.epochs=2", "log.progress=false", "seed=0"]  # one window an epoch
+    parent = sweep(env, tmp_path, *args, wait=False)
+    log, deadline = tmp_path / "sweep" / "0" / "training.log", time.time() + 240
+    while not (log.exists() and "(2/50)" in log.read_text()):
+        assert time.time() < deadline and parent.poll() is None, parent.communicate()
+        time.sleep(0.1)
+    parent.send_signal(signal.SIGTERM)
+    out, err = parent.communicate(timeout=180)
+    assert parent.returncode == 75, err
+    assert "1 job(s) saved and stopped" in err, err
+    assert [r["status"] for r in summary(tmp_path)] == ["PREEMPTED"]
+    record = status(tmp_path, 0)
+    assert record["status"] == "PREEMPTED" and record["exit_code"] == 75 and record["step"] == 1
+    assert load_checkpoint(tmp_path / "sweep" / "0" / "latest_checkpoint.pth")["world_size"] == 2
+    assert leftovers(str(tmp_path / "sweep")) == []
+
+
 @pytest.mark.slow  # CI time (a minute): two sweeps and five jobs
 def test_sigterm_stops_every_job_and_the_rerun_finishes_the_sweep(env, tmp_path):
     """One GPU: job 0 completes, job 1 runs (it has a checkpoint), job 2 waits in the queue."""

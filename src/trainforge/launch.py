@@ -76,11 +76,13 @@ def spawn(cfg_yaml: str, run_dir: Path, overrides: list, ckpt_path, n: int, on_g
     spec.write_text(json.dumps({"config": cfg_yaml, "run_dir": str(run_dir), "overrides": overrides,
                                 "resume": str(ckpt_path) if ckpt_path else None}))
     port, visible = _free_port(), _visible_gpus() if on_gpu else None
+    previous: dict = {}
     with signals.blocked():  # the ranks begin with stop signals held back, until they can defer them
         procs = [_start_rank(r, n, port, visible, spec, workdir) for r in range(n)]
-        previous = signals.take(_forwarder(procs))  # what arrived so far is delivered on leaving the block
+        forward = _forwarder(procs, previous)
+        previous.update(signals.take(forward))  # what arrived so far is delivered on leaving the block
     log.info("Launched %d ranks (pids %s)", n, ", ".join(str(p.pid) for p in procs))
-    signals.replay(_forwarder(procs))  # what arrived before the ranks existed
+    signals.replay(forward)  # what arrived before the ranks existed
     try:
         codes = _wait(procs)
     finally:
@@ -121,12 +123,29 @@ def _start_rank(r: int, n: int, port: int, visible, spec: Path, workdir: Path) -
             err.close()
 
 
-def _forwarder(procs):
-    """Pass a stop signal on to every rank (they agree on the step, save once, exit 75)."""
+def _forwarder(procs, previous: dict):
+    """Pass a stop signal on to every rank (they agree on the step, save once, exit 75).
+    A second one of the same kind is not passed on: the handler from before gets it, as in
+    a single process (a sweep job's submitit handler ignores it, so the sweep's repeated
+    SIGTERM cannot kill a saving rank); where that is the default, the ranks are killed now."""
+    sent = set()
+
     def forward(signum, frame):
+        if signum not in sent:
+            sent.add(signum)
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signum)
+            return
+        handler = previous.get(signum)
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(signum, frame)
+            return
         for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     return forward
 
