@@ -349,6 +349,22 @@ def test_finetune_warm_starts_freezes_the_encoder_and_scales_the_head_lr(train_h
 
 
 
+def test_a_finetune_resumes_after_its_pretraining_weights_are_gone(train_here, pretrain, tmp_path):
+    """A resume loads the checkpoint's weights: the warm-start file is not needed any more
+    (a requeued fine-tune must not fail because the pretraining run was cleaned up)."""
+    weights, run = tmp_path / "pretrained.pt", tmp_path / "finetune"
+    weights.write_bytes((pretrain / "best_model_weights.pt").read_bytes())
+    args = [*TINY, "experiment=seqsetvae_finetune", f"model.init_weights={weights}"]
+    train_here(run, *args, "trainer.epochs=1")
+    weights.unlink()
+    train_here(run, f"resume={run}", "trainer.epochs=2")
+    assert [int(r["epoch"]) for r in rows(run / "epoch_metrics.csv")] == [1, 2]
+    # a fresh start (resume=auto finding no checkpoint) still needs the file: refused before the run opens
+    with pytest.raises(ConfigError, match=f"model.init_weights={weights}: file not found"):
+        train_here(tmp_path / "fresh", *args, "resume=auto")
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) in ([], [".trainforge.lock"])
+
+
 def test_finetune_without_init_weights_is_refused_at_the_door(compose_cfg, tmp_path):
     with pytest.raises(ConfigError, match="model.init_weights"):
         validate(compose_cfg("experiment=seqsetvae_finetune"))

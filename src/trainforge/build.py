@@ -115,6 +115,10 @@ def build_model(node, warm_start: bool) -> torch.nn.Module:
     init = node.pop("init_weights", None)
     model = instantiate(node, "model")
     if init and warm_start:
+        from trainforge.config import WEIGHTS_FILE
+
+        if WEIGHTS_FILE(init):  # a resume=auto that found no checkpoint starts fresh: the door let it by
+            raise ConfigError(f"model.init_weights={init}: {WEIGHTS_FILE(init)}")
         missing, unexpected = load_weights(model, init)
         loaded = len(model.state_dict()) - len(missing)
         if loaded == 0:

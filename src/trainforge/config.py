@@ -36,12 +36,17 @@ def _data_fact(cfg, name):
 
 
 # ---- model -------------------------------------------------------------------------
+WEIGHTS_FILE = checkpoint_file("a weights file or checkpoint (.pt/.pth)")  # build checks it again when it loads
+
+
 @dataclass
 class ModelConf:
     _target_: str = MISSING
-    # warm start: a weights file or checkpoint (not used on resume)
-    init_weights: Optional[str] = opt(None, checkpoint_file("a weights file or checkpoint (.pt/.pth)"))
+    # warm start: a weights file or checkpoint (not used on resume: a resume needs no such file)
+    init_weights: Optional[str] = None
     RULES: ClassVar[tuple] = (
+        Rule("init_weights", lambda n, cfg: not n.get("init_weights") or cfg.get("resume") is not None or
+             WEIGHTS_FILE(n.init_weights) is None, lambda n, cfg: WEIGHTS_FILE(n.init_weights)),
         Rule("in_channels", lambda n, cfg: "in_channels" not in n or _data_fact(cfg, "IN_CHANNELS") in
              (None, n.in_channels),
              lambda n, cfg: f"must be {_data_fact(cfg, 'IN_CHANNELS')}: the data's samples have that many channels"),
