@@ -123,6 +123,22 @@ def test_run_plots_hold_the_csv_values_and_summary_names_best_epoch(run_dir, men
     assert close(spread["max - min"][1], [max(per_epoch[e]) - min(per_epoch[e]) for e in (1, 2, 3)])
 
 
+def test_only_completed_jobs_are_ranked(sweep_dir, tmp_path, capsys):
+    """A job still running (or stopped) has a best value so far, but no rank: it goes last."""
+    live = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, live, ignore=shutil.ignore_patterns("plots", "*.pth", "*.pt"))
+    for job, state in (("0", "RUNNING"), ("1", "COMPLETED")):
+        record = json.loads((live / job / "status.json").read_text())
+        record.update(status=state, pid=os.getpid(), host=socket.gethostname())
+        (live / job / "status.json").write_text(json.dumps(record))
+    assert analyze.main([str(live)]) == 0
+    table = rows(live / "comparison.csv")
+    assert [(r["job"], r["rank"], r["status"]) for r in table] == [
+        ("1", "1", "COMPLETED"), ("0", "", "RUNNING"), ("2", "", "FAILED"), ("3", "", "FAILED")]
+    assert table[1]["best_val_dice"] != ""  # its best so far is shown, unranked
+    assert "Job 0 (trainer.epochs=2 loss=focal): RUNNING" in capsys.readouterr().out
+
+
 def test_sweep_overlays_and_ranked_comparison_with_failed_jobs(sweep_dir, capsys):
     assert analyze.main([str(sweep_dir)]) == 0  # in process: the script itself is run above
     proc = capsys.readouterr()

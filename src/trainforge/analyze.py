@@ -311,9 +311,9 @@ def comparison(runs: list):
         rows.append(row)
     table = pd.DataFrame(rows)
     key = f"best_{monitor}"
-    table = table.sort_values(key, ascending=mode == "min", na_position="last", kind="stable")
-    ranks = table[key].notna().cumsum().where(table[key].notna())
-    table.insert(0, "rank", ranks.astype("Int64"))
+    done = (table["status"] == "COMPLETED") & table[key].notna()  # running, stopped or failed jobs: unranked
+    table = pd.concat([table[done].sort_values(key, ascending=mode == "min", kind="stable"), table[~done]])
+    table.insert(0, "rank", pd.Series(range(1, len(table) + 1), index=table.index).where(done).astype("Int64"))
     table["best_epoch"] = table["best_epoch"].astype("Int64")
     return table.reset_index(drop=True), monitor, mode
 
