@@ -209,7 +209,8 @@ def test_a_rank_killed_mid_epoch_fails_the_run_and_leaves_no_process(env, tmp_pa
     err = proc.stderr.read().strip().splitlines()
     assert len(err) == 1 and "rank 1: killed by SIGKILL" in err[0], err
     status = json.loads((run / "status.json").read_text())
-    assert status["status"] == "FAILED" and "rank 1" in status["error"]
+    assert status["status"] == "FAILED" and status["error"] == "rank 1: killed by SIGKILL", status
+    assert "rank 1: killed by SIGKILL" in (run / "training.log").read_text()
     deadline = time.time() + 10  # SIGKILLed processes linger as zombies until they are reaped
     for pid in pids:  # each rank led its own process group, its loader workers included
         while True:

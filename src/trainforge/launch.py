@@ -197,14 +197,17 @@ def _conclude(codes, workdir: Path, run_dir: Path, previous: dict, log) -> None:
     if tracebacks.get(rank):
         log.error("rank %d failed: %s\n%s", rank, why, tracebacks[rank], extra={"console": False})
         line += " (traceback in training.log)"
+    else:
+        log.error("%s", line, extra={"console": False})
     for r in range(1, len(codes)):
         stderr = workdir / f"rank{r}.stderr"
         if stderr.exists() and stderr.stat().st_size:
             log.error("rank %d stderr:\n%s", r, stderr.read_text(errors="replace")[-20000:], extra={"console": False})
     status = json.loads((run_dir / STATUS).read_text()) if (run_dir / STATUS).exists() else {}
-    if status.get("status") in (None, "RUNNING"):
-        write_status(run_dir, "FAILED", error=line, failed_rank=rank, started=status.get("started"),
-                     exit_codes=codes)
+    # a rank killed by a signal wrote nothing; rank 0 may have recorded what followed (its peer gone)
+    if status.get("status") in (None, "RUNNING") or code < 0:
+        kept = {k: status[k] for k in ("started", "epoch", "step", "final", "best") if k in status}
+        write_status(run_dir, "FAILED", error=line, failed_rank=rank, exit_codes=codes, **kept)
     if code == 2:
         raise TrainforgeError(errors.get(rank, line))
     raise RankFailed(line)
