@@ -191,10 +191,11 @@ def test_a_sweep_refused_before_any_job_leaves_no_directory(env, tmp_path):
 
 
 # ---- AC4: SIGTERM on the parent, then the same sweep again -------------------------------------
-def test_sigterm_to_a_sweep_of_ddp_jobs_lets_their_ranks_save(env, tmp_path):
-    """The sweep repeats its SIGTERM every 2 s for jobs still starting; a DDP job passes the
-    first on to its ranks and not the repeats (they killed ranks still finishing a long
-    accumulation window: FAILED, no checkpoint)."""
+def test_hangup_of_a_sweep_of_ddp_jobs_lets_their_ranks_save(env, tmp_path):
+    """SIGHUP (a closed terminal) stops a sweep as SIGTERM does (it left the jobs running
+    unsupervised). The sweep repeats its SIGTERM to the jobs every 2 s for jobs still starting;
+    a DDP job passes the first on to its ranks and not the repeats (they killed ranks still
+    finishing a long accumulation window: FAILED, no checkpoint)."""
     args = ["data.num_samples=2000", "data.image_size=64", "data.batch_size=16", "trainer.grad_accum=50",
             "trainer.devices=2", "trainer.epochs=2", "log.progress=false", "seed=0"]  # one window an epoch
     parent = sweep(env, tmp_path, *args, wait=False)
@@ -202,10 +203,10 @@ def test_sigterm_to_a_sweep_of_ddp_jobs_lets_their_ranks_save(env, tmp_path):
     while not (log.exists() and "(2/50)" in log.read_text()):
         assert time.time() < deadline and parent.poll() is None, parent.communicate()
         time.sleep(0.1)
-    parent.send_signal(signal.SIGTERM)
+    parent.send_signal(signal.SIGHUP)
     out, err = parent.communicate(timeout=180)
     assert parent.returncode == 75, err
-    assert "1 job(s) saved and stopped" in err, err
+    assert "sweep stopped by SIGHUP: 1 job(s) saved and stopped" in err, err
     assert [r["status"] for r in summary(tmp_path)] == ["PREEMPTED"]
     record = status(tmp_path, 0)
     assert record["status"] == "PREEMPTED" and record["exit_code"] == 75 and record["step"] == 1

@@ -88,7 +88,7 @@ CATCHERS = {
                     ["tests/test_ddp.py::"
                      "test_seqsetvae_on_two_ranks_resumes_each_ranks_random_stream_and_rank_0_alone_writes"]),
     "ddp_accum_never_allreduces": ["tests/test_ddp.py::test_two_ranks_equal_one_process_with_the_global_batch"],
-    "ddp_parent_forwards_repeats": ["tests/test_sweep_launcher.py::test_sigterm_to_a_sweep_of_ddp_jobs_lets_their_ranks_save"],
+    "ddp_parent_forwards_repeats": ["tests/test_sweep_launcher.py::test_hangup_of_a_sweep_of_ddp_jobs_lets_their_ranks_save"],
     "analysis_ranks_unfinished": ["tests/test_analyze.py::test_only_completed_jobs_are_ranked"],
     "no_flush_before_save": ["tests/test_resume.py::test_training_log_holds_every_batch_line_a_checkpoint_covers"],
     **dict.fromkeys(["clip_grad_zero_allowed", "compile_backend_unchecked_when_off"],

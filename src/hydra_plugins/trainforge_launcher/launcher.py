@@ -175,7 +175,8 @@ class _SubmititLauncher(Launcher):
     def _catch_signals(self) -> dict:
         if threading.current_thread() is not threading.main_thread():
             return {}
-        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # SIGHUP (the terminal closed, ssh dropped) too: the jobs save and stop, none is left unsupervised
+        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
     def _on_signal(self, signum, frame) -> None:
         name = signal.Signals(signum).name
@@ -196,7 +197,7 @@ class _SubmititLauncher(Launcher):
                                        e.error, e.log, ",".join(e.gpus or ()))
         rows = [self.rows[n] for n in sorted(self.rows)]
         path = write_summary(sweep_dir, rows)
-        print("\n" + table(rows, self.shown) + f"\nsummary: {_rel(path)}", flush=True)
+        _print("\n" + table(rows, self.shown) + f"\nsummary: {_rel(path)}")
         if self.stop_signal:
             stopped = sum(e.status == "PREEMPTED" for e in entries)
             waiting = sum(e.status in ("NOT_STARTED", "CANCELLED") for e in entries)
@@ -216,7 +217,7 @@ class _SubmititLauncher(Launcher):
 
     @staticmethod
     def say(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+        _print(f"[{time.strftime('%H:%M:%S')}] {message}")
 
 
 class LocalGpusLauncher(_SubmititLauncher):
@@ -335,6 +336,13 @@ def session_executor(folder, max_num_timeout: int):
             return job
 
     return SessionLocalExecutor(folder=folder, max_num_timeout=max_num_timeout)
+
+
+def _print(text: str) -> None:
+    try:
+        print(text, flush=True)
+    except OSError:  # a terminal that hung up: the sweep goes on (summary.csv has it all)
+        pass
 
 
 def _terminate(job) -> None:
