@@ -181,10 +181,14 @@ def test_a_sweep_refused_before_any_job_leaves_no_directory(env, tmp_path):
     """A launcher value no job can run with, or an option that does not exist, is one line
     (exit 2) before any job starts, and the new multirun/DATE/TIME/ (holding only Hydra's
     multirun.yaml) is removed."""
-    for args in (["hydra.launcher.timeout_min=0"], ["hydra.launcher.stop_grace_s=-5"], ["loss=focal,focl"]):
-        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *ONE, *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
-        key = args[0].split("=")[0] if "launcher" in args[0] else "loss=focl: no such option"
+    no_slurm = dict(env, PATH=os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
+                                              if not (Path(p) / "srun").exists()))
+    for args in (["hydra.launcher.timeout_min=0"], ["hydra.launcher.stop_grace_s=-5"], ["loss=focal,focl"],
+                 ["hydra/launcher=slurm"]):
+        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *ONE, *args], cwd=tmp_path,
+                              env=no_slurm, capture_output=True, text=True, timeout=300)
+        key = {"loss=focal,focl": "loss=focl: no such option", "hydra/launcher=slurm": "srun not found"}.get(
+            args[0], args[0].split("=")[0])
         assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
         assert proc.stderr.startswith("trainforge: error: ") and key in proc.stderr, proc.stderr
     assert not (tmp_path / "multirun").exists() or list((tmp_path / "multirun").iterdir()) == []

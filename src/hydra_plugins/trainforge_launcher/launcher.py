@@ -72,6 +72,7 @@ class _SubmititLauncher(Launcher):
     # ---- the sweep ------------------------------------------------------------------
     def launch(self, job_overrides, initial_job_idx: int) -> List[JobReturn]:
         check_params(self.params)
+        self.check_environment()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         entries = [Entry(initial_job_idx + i, list(o), self._run_dir(list(o), initial_job_idx + i))
@@ -89,6 +90,9 @@ class _SubmititLauncher(Launcher):
 
     def _run(self, todo: List[Entry]) -> None:
         raise NotImplementedError
+
+    def check_environment(self) -> None:
+        """What this launcher needs of the machine, before any job or directory."""
 
     def _run_dir(self, overrides: List[str], num: int) -> Path:
         """The job's output dir, composed as the job will (sweep.dir / sweep.subdir)."""
@@ -276,6 +280,15 @@ class LocalGpusLauncher(_SubmititLauncher):
 class SlurmLauncher(_SubmititLauncher):
     """One SLURM array for the sweep; ``nodes`` x ``tasks_per_node`` tasks per job all run
     the same pickled job (one DDP run; ranks from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID)."""
+
+    def check_environment(self) -> None:
+        import shutil
+
+        from trainforge.errors import ConfigError
+
+        if shutil.which("srun") is None:
+            raise ConfigError("hydra/launcher=slurm: no SLURM on this machine (srun not found); run the sweep on "
+                              "the cluster's login node, or use hydra/launcher=local_gpus")
 
     def _run(self, todo: List[Entry]) -> None:
         import submitit
