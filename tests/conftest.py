@@ -87,6 +87,17 @@ def contract(run_dir, batch_metrics=False) -> list:
     return shortfalls(run_dir, batch_metrics)
 
 
+def glint_pair(folder) -> tuple:
+    """Two glint files of SMALL's size (160 samples, 32x32): a good one, and one whose every
+    other image is NaN (a run on it fails in its first step: non-finite loss)."""
+    from trainforge.data.glint import make_glint
+
+    images, masks = make_glint(160, 32)
+    good = write_h5(Path(folder) / "good.h5", images=images, masks=masks)
+    images[::2] = float("nan")
+    return good, write_h5(Path(folder) / "nan.h5", images=images, masks=masks)
+
+
 def write_h5(path, **arrays) -> Path:
     """An HDF5 file holding ``arrays`` (name -> numpy array); returns its path."""
     import h5py

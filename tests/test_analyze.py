@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SMALL
+from conftest import ROOT, SMALL, glint_pair
 
 from trainforge import analyze, plots
 
@@ -72,10 +72,11 @@ def run_dir(tmp_path_factory, menv):
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory, menv):
-    """A 4-job sweep: two jobs train (focal, hybrid), two fail at the door (epochs=0)."""
+    """A 4-job sweep: two jobs train (focal, hybrid), two fail in their first step (NaN images)."""
     tmp = tmp_path_factory.mktemp("analyze_sweep")
-    proc = _train(menv, tmp, "-m", "trainer.epochs=2,0", "loss=focal,hybrid", *SMALL[:3], "log.progress=false",
-                  "log.batch_metrics=true", f"hydra.sweep.dir={tmp / 'sweep'}")
+    good, bad = glint_pair(tmp)
+    proc = _train(menv, tmp, "-m", f"data.path={good},{bad}", "loss=focal,hybrid", *SMALL[:3], "trainer.epochs=2",
+                  "log.progress=false", "log.batch_metrics=true", f"hydra.sweep.dir={tmp / 'sweep'}")
     assert proc.returncode != 0 and "2 of 4 job(s) did not complete" in proc.stderr  # the failed jobs fail the sweep
     return tmp / "sweep"
 
@@ -136,7 +137,7 @@ def test_only_completed_jobs_are_ranked(sweep_dir, tmp_path, capsys):
     assert [(r["job"], r["rank"], r["status"]) for r in table] == [
         ("1", "1", "COMPLETED"), ("0", "", "RUNNING"), ("2", "", "FAILED"), ("3", "", "FAILED")]
     assert table[1]["best_val_dice"] != ""  # its best so far is shown, unranked
-    assert "Job 0 (trainer.epochs=2 loss=focal): RUNNING" in capsys.readouterr().out
+    assert f"Job 0 (data.path={sweep_dir.parent}/good.h5 loss=focal): RUNNING" in capsys.readouterr().out
 
 
 def test_sweep_overlays_and_ranked_comparison_with_failed_jobs(sweep_dir, capsys):
@@ -144,15 +145,16 @@ def test_sweep_overlays_and_ranked_comparison_with_failed_jobs(sweep_dir, capsys
     proc = capsys.readouterr()
     table = rows(sweep_dir / "comparison.csv")
     assert [r["job"] for r in table[2:]] == ["2", "3"] and {r["status"] for r in table[2:]} == {"FAILED"}
-    assert all(r["rank"] == "" and "trainer.epochs=0" in r["error"] for r in table[2:])
-    assert "Job 2 (trainer.epochs=0 loss=focal): FAILED" in proc.out
+    assert all(r["rank"] == "" and "non-finite loss" in r["error"] for r in table[2:])
+    assert f"Job 2 (data.path={sweep_dir.parent}/nan.h5 loss=focal): FAILED" in proc.out
     ranked = table[:2]
     assert [r["rank"] for r in ranked] == ["1", "2"] and {r["status"] for r in ranked} == {"COMPLETED"}
     truth = {j: max(column(rows(sweep_dir / j / "epoch_metrics.csv"), "val_dice")) for j in ("0", "1")}
     assert [float(r["best_val_dice"]) for r in ranked] == sorted(truth.values(), reverse=True)
     assert {r["job"]: float(r["best_val_dice"]) for r in ranked} == truth
 
-    label = {"0": "trainer.epochs=2 loss=focal", "1": "trainer.epochs=2 loss=hybrid"}
+    good = sweep_dir.parent / "good.h5"
+    label = {"0": f"data.path={good} loss=focal", "1": f"data.path={good} loss=hybrid"}
     runs = analyze.sweep_runs(sweep_dir)
     assert analyze.labels(runs)["1"] == label["1"]
     figs = plots.sweep_figures(runs, analyze.labels(runs))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CONF, ROOT, SMALL
+from conftest import CONF, ROOT, SMALL, glint_pair
 
 from hydra_plugins.trainforge_launcher._pool import Pool, cores, threads_per_job, visible_gpus
 from trainforge.engine.checkpoint import load_checkpoint
@@ -149,10 +149,11 @@ def test_gpus_per_job_gives_each_job_its_own_ids(env, tmp_path):
 
 # ---- AC3: a failing job -------------------------------------------------------------------
 def test_a_failing_job_is_reported_the_others_complete_and_the_sweep_exits_nonzero(env, tmp_path):
-    """Job 1 fails at the door; job 2 is stopped by a signal of its own (not the sweep's): both
-    count as not completed."""
-    proc = sweep(env, tmp_path, *SMALL, "trainer.epochs=1,0,100", wait=False)
-    record = tmp_path / "sweep" / "2" / "status.json"
+    """Jobs 1 and 3 fail in their first step (NaN images: a non-finite loss); job 2 is stopped
+    by a signal of its own (not the sweep's): all three count as not completed."""
+    good, bad = glint_pair(tmp_path)
+    proc = sweep(env, tmp_path, *SMALL, f"data.path={good},{bad}", "trainer.epochs=1,100", wait=False)
+    record = tmp_path / "sweep" / "2" / "status.json"  # good.h5, 100 epochs
     deadline = time.time() + 300
     while not (record.exists() and json.loads(record.read_text())["status"] == "RUNNING"):
         assert proc.poll() is None and time.time() < deadline
@@ -162,13 +163,13 @@ def test_a_failing_job_is_reported_the_others_complete_and_the_sweep_exits_nonze
     proc = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(
-        "trainforge: error: 2 of 3 job(s) did not complete (#1 FAILED, #2 PREEMPTED)"), proc.stderr
+        "trainforge: error: 3 of 4 job(s) did not complete (#1 FAILED, #2 PREEMPTED, #3 FAILED)"), proc.stderr
     assert "Traceback" not in proc.stderr
-    assert re.search(r"^ +1 +trainer.epochs=0 +FAILED", proc.stdout, re.M), proc.stdout
-    assert "trainer.epochs=0: must be an integer >= 1" in proc.stdout
+    assert re.search(rf"^ +1 +trainer.epochs=1 data.path={bad} +FAILED", proc.stdout, re.M), proc.stdout
+    assert "non-finite loss (nan) at epoch 1" in proc.stdout
     rows = summary(tmp_path)
-    assert [r["status"] for r in rows] == ["COMPLETED", "FAILED", "PREEMPTED"]
-    assert "trainer.epochs=0: must be" in rows[1]["error"] and Path(rows[1]["log"]).is_file()
+    assert [r["status"] for r in rows] == ["COMPLETED", "FAILED", "PREEMPTED", "FAILED"]
+    assert "non-finite loss (nan)" in rows[1]["error"] and Path(rows[1]["log"]).is_file()
     assert not rows[0]["error"]
     record = status(tmp_path, 0)  # the completed job's row holds its final metrics and best value
     finals = {f"{part}_{k}": v for part in ("train", "val") for k, v in record["final"][part].items()}
@@ -178,16 +179,17 @@ def test_a_failing_job_is_reported_the_others_complete_and_the_sweep_exits_nonze
 
 
 def test_a_sweep_refused_before_any_job_leaves_no_directory(env, tmp_path):
-    """A launcher value no job can run with, or an option that does not exist, is one line
-    (exit 2) before any job starts, and the new multirun/DATE/TIME/ (holding only Hydra's
+    """A launcher value no job can run with, an option that does not exist, or a job's value
+    that no run can train with, is one line (exit 2) before any job starts, and the new multirun/DATE/TIME/ (holding only Hydra's
     multirun.yaml) is removed."""
     no_slurm = dict(env, PATH=os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
                                               if not (Path(p) / "srun").exists()))
     for args in (["hydra.launcher.timeout_min=0"], ["hydra.launcher.stop_grace_s=-5"], ["loss=focal,focl"],
-                 ["hydra/launcher=slurm"]):
+                 ["hydra/launcher=slurm"], ["optimizer.lr=1e-3,-5"]):
         proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *ONE, *args], cwd=tmp_path,
                               env=no_slurm, capture_output=True, text=True, timeout=300)
-        key = {"loss=focal,focl": "loss=focl: no such option", "hydra/launcher=slurm": "srun not found"}.get(
+        key = {"loss=focal,focl": "loss=focl: no such option", "hydra/launcher=slurm": "srun not found",
+               "optimizer.lr=1e-3,-5": "optimizer.lr=-5): optimizer.lr=-5.0: must be a number > 0"}.get(
             args[0], args[0].split("=")[0])
         assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
         assert proc.stderr.startswith("trainforge: error: ") and key in proc.stderr, proc.stderr

@@ -95,15 +95,26 @@ class _SubmititLauncher(Launcher):
         """What this launcher needs of the machine, before any job or directory."""
 
     def _run_dir(self, overrides: List[str], num: int) -> Path:
-        """The job's output dir, composed as the job will (sweep.dir / sweep.subdir)."""
+        """The job's output dir, composed as the job will (sweep.dir / sweep.subdir). Its
+        config passes the door here, before any job starts: a value no run can train with
+        (in any combination) refuses the sweep in one line."""
+        from trainforge.config import validate
+        from trainforge.errors import ConfigError
+
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         try:
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
             with open_dict(cfg.hydra.job):
                 cfg.hydra.job.num, cfg.hydra.job.id = num, f"job_id_for_{num}"
-            return sweep_dir / str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
+            run_dir = sweep_dir / str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
+            job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
         except Exception:  # noqa: BLE001 - the job itself will report what is wrong with its config
             return sweep_dir / str(num)
+        try:
+            validate(job)
+        except ConfigError as e:
+            raise ConfigError(f"job {num} ({' '.join(filter_overrides(overrides)) or 'defaults'}): {e}") from None
+        return run_dir
 
     def _done_before(self, e: Entry) -> bool:
         """A re-run sweep (same hydra.sweep.dir) skips COMPLETED jobs; a job dir that ran
