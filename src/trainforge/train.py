@@ -129,7 +129,8 @@ def _run(cfg, run_dir: Path, overrides, ranks):
         cfg, ckpt_path, ckpt, overrides, changes = _agreed(_prepare, cfg, run_dir, overrides)
         if launched:
             open_run(cfg)
-        log.info("Run directory: %s", run_dir)
+        else:  # (the launcher's parent said it)
+            log.info("Run directory: %s", run_dir)
         n = launch.process_count(cfg.trainer.devices, cfg.trainer.device)
         if ranks is None and n > 1:
             with signals.deferred():  # from RUNNING on, a stop signal reaches the ranks (launch.spawn)
@@ -158,6 +159,11 @@ def _run(cfg, run_dir: Path, overrides, ranks):
         if dist.world_size() > 1:
             log.info("DDP: rank 0 of %d - per-rank batch %d - global batch %d", dist.world_size(),
                      cfg.data.batch_size, cfg.data.batch_size * dist.world_size())
+            extra = -trainer.sampler.length % dist.world_size()
+            if extra:
+                log.warning("DDP: %d training samples do not divide by %d ranks: each epoch's last global batch "
+                            "repeats %d sample(s) so that every rank gets as many (a one-process run differs "
+                            "there)", trainer.sampler.length, dist.world_size(), extra)
         trainer.fit()
         trainer.raise_if_nonfinite(_checkpointer(trainer).last_good)
         if trainer.preempted_by:
