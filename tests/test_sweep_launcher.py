@@ -178,6 +178,23 @@ def test_a_failing_job_is_reported_the_others_complete_and_the_sweep_exits_nonze
     assert float(rows[0]["best_val_dice"]) == record["best"]["value"] and int(rows[0]["best_epoch"]) == 1
 
 
+def test_a_killed_job_is_failed_in_its_status_and_the_report(env, tmp_path):
+    """SIGKILL (or the OOM killer) leaves a job no time to record its end: the sweep does."""
+    proc = sweep(env, tmp_path, *ONE, "trainer.epochs=100", "seed=0", wait=False)
+    record = tmp_path / "sweep" / "0" / "status.json"
+    deadline = time.time() + 300
+    while not (record.exists() and json.loads(record.read_text())["status"] == "RUNNING"):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    os.kill(json.loads(record.read_text())["pid"], signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    why = "its process was killed before it recorded its end"
+    assert re.search(rf"end +#0 FAILED in [\d.]+ s: {why}", out), out
+    assert status(tmp_path, 0)["status"] == "FAILED" and why in status(tmp_path, 0)["error"]
+    assert summary(tmp_path)[0]["status"] == "FAILED" and why in summary(tmp_path)[0]["error"]
+
+
 def test_a_sweep_refused_before_any_job_leaves_no_directory(env, tmp_path):
     """A launcher value no job can run with, an option that does not exist, or a job's value
     that no run can train with, is one line (exit 2) before any job starts, and the new multirun/DATE/TIME/ (holding only Hydra's

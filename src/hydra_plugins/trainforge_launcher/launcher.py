@@ -171,6 +171,8 @@ class _SubmititLauncher(Launcher):
         from ._pool import status_of
 
         try:
+            if not e.job.paths.result_pickle.exists():  # submitit would wait 15 s for it to appear
+                raise _NoResult("the job ended without a result")
             out = e.job.result()
             e.status, e.value, e.error = out["status"], out.get("value"), out.get("error", "")
         except Exception as exc:  # noqa: BLE001 - the job died outside the task: report, don't raise
@@ -178,7 +180,11 @@ class _SubmititLauncher(Launcher):
             e.status = "PREEMPTED" if record.get("status") == "PREEMPTED" else \
                 "CANCELLED" if self.stop_signal else "FAILED"
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
-            died = type(exc).__name__ == "UncompletedJobError"  # killed: its message starts with why
+            died = isinstance(exc, _NoResult) or type(exc).__name__ == "UncompletedJobError"  # the task was killed
+            if died and record.get("status") == "RUNNING":  # it could not record its end: say what happened
+                record = _killed(e.run_dir, record, "killed by the sweep (stop_grace_s passed, or a second signal)"
+                                 if self.stop_signal else "its process was killed before it recorded its end "
+                                 "(SIGKILL, or out of memory?)")
             e.error = record.get("error") or (lines[0] if died else lines[-1])
         training_log = e.run_dir / "training.log"
         e.log = str(training_log if training_log.exists() and e.status == "FAILED" else e.job.paths.stdout)
@@ -360,6 +366,19 @@ def session_executor(folder, max_num_timeout: int):
             return job
 
     return SessionLocalExecutor(folder=folder, max_num_timeout=max_num_timeout)
+
+
+class _NoResult(Exception):
+    pass
+
+
+def _killed(run_dir: Path, record: dict, why: str) -> dict:
+    """status.json of a job killed while RUNNING: FAILED with ``why`` (what it held is kept)."""
+    from trainforge.train import write_status
+
+    kept = {k: record[k] for k in ("started", "epoch", "step", "final", "best") if k in record}
+    write_status(run_dir, "FAILED", error=why, **kept)
+    return {"status": "FAILED", "error": why}
 
 
 def _print(text: str) -> None:
