@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import ROOT, write_h5
 from trainforge.data.glint import make_glint
 from trainforge.engine.checkpoint import load_checkpoint
-from trainforge.errors import Preempted
+from trainforge.errors import ConfigError, Preempted
 from trainforge.ranks import env_ranks, first_host
 
 DET = ["data.image_size=32", "log.progress=false", "trainer.deterministic=true", "log.batch_metrics=true",
@@ -236,6 +237,19 @@ def test_processes_with_slurm_variables_train_as_one_run(env, tmp_path):
     assert len(runs) == 1
     assert json.loads((runs[0] / "status.json").read_text())["world_size"] == 2
     assert len(batch_lines(runs[0])) == 8 and outs[1][0] == ""  # 8 global batches, logged by rank 0 alone
+    # the record says how many ranks trained (a resume without SLURM starts as many)
+    assert yaml.safe_load((runs[0] / "config.yaml").read_text())["trainer"]["devices"] == 2
+
+
+def test_trainer_devices_under_torchrun_or_slurm_is_the_ranks_or_refused(compose_cfg):
+    from trainforge.train import _devices_are_the_ranks
+
+    for given in ("1", "auto", "2"):
+        cfg = compose_cfg(f"trainer.devices={given}")
+        _devices_are_the_ranks(cfg, 2)
+        assert cfg.trainer.devices == 2
+    with pytest.raises(ConfigError, match=r"trainer.devices=3: this process is one of 2 ranks .* set it to 2"):
+        _devices_are_the_ranks(compose_cfg("trainer.devices=3"), 2)
 
 
 def test_rank_environment(monkeypatch):

@@ -85,6 +85,8 @@ def run(cfg, run_dir=None, overrides=None):
     validate(cfg)
     run_dir = Path(run_dir) if run_dir is not None else output_dir()
     ranks = dist.env_ranks()
+    if ranks is not None and not os.environ.get(launch.LAUNCHED):
+        _devices_are_the_ranks(cfg, ranks["world_size"])
     if ranks is not None:
         dist.init("nccl" if _on_gpu(cfg) else "gloo", cfg.trainer.ddp_timeout)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -249,6 +251,16 @@ def _prepare(cfg, run_dir: Path, overrides):
                                      world=(ckpt.get("world_size", 1), world))
         overrides = resume.merged_overrides(ckpt.get("overrides", []), overrides)
     return cfg, ckpt_path, ckpt, overrides, changes
+
+
+def _devices_are_the_ranks(cfg, world: int) -> None:
+    """Under torchrun or a SLURM step the ranks exist already: ``trainer.devices`` (1, the
+    default, or auto) becomes their number in the run's record (config.yaml, checkpoints),
+    so a later ``resume=`` without torchrun starts as many; another number is refused."""
+    if str(cfg.trainer.devices) not in ("1", "auto", str(world)):
+        raise ConfigError(f"trainer.devices={cfg.trainer.devices}: this process is one of {world} ranks started "
+                          f"by torchrun or SLURM; leave trainer.devices at 1 (or auto), or set it to {world}")
+    cfg.trainer.devices = world
 
 
 def _on_gpu(cfg) -> bool:
