@@ -136,6 +136,12 @@ def test_jobs_per_gpu_packs_two_jobs_on_one_id_and_they_share_the_cores(env, tmp
                for j in (0, 1)]
     assert threads == [threads_per_job(cores(), 2, 1), 2]
     assert [r["gpus"] for r in summary(tmp_path)] == ["0", "0"]
+    # the same directory with other values is refused before any job, and keeps its record
+    record = (tmp_path / "sweep" / "multirun.yaml").read_text()
+    again = sweep(env, tmp_path, *ONE, "trainer.threads=null,2", "seed=5", "hydra.launcher.jobs_per_gpu=2",
+                  cvd="0", one_thread=False)
+    assert again.returncode == 2 and "job 0 there ran" in again.stderr, again.stderr
+    assert (tmp_path / "sweep" / "multirun.yaml").read_text() == record
 
 
 @pytest.mark.slow  # the grouping itself is unit-tested above
@@ -211,6 +217,12 @@ def test_a_sweep_refused_before_any_job_leaves_no_directory(env, tmp_path):
         assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
         assert proc.stderr.startswith("trainforge: error: ") and key in proc.stderr, proc.stderr
     assert not (tmp_path / "multirun").exists() or list((tmp_path / "multirun").iterdir()) == []
+    given = tmp_path / "given" / "sweep"  # a new hydra.sweep.dir of the user's: removed too, not its parent
+    (tmp_path / "given").mkdir()
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *ONE, "optimizer.lr=1e-3,-5",
+                           f"hydra.sweep.dir={given}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and not given.exists() and (tmp_path / "given").is_dir(), proc.stderr
 
 
 # ---- AC4: SIGTERM on the parent, then the same sweep again -------------------------------------

@@ -12,7 +12,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from trainforge.errors import Preempted, TrainforgeError
+from trainforge.errors import Preempted, SweepFailed, SweepStopped, TrainforgeError
 
 USER_ERRORS = (TrainforgeError, HydraException, OmegaConfBaseException)
 
@@ -45,13 +45,42 @@ def _new_dir(path: str) -> str:
     return path
 
 
+_SWEEP_RECORDS: dict = {}  # sweep dir -> its multirun.yaml before this process's sweeper rewrote it
+_GIVEN: set = set()  # new directories the user named (hydra.sweep.dir): their parent is not ours
+
+
+def keep_sweep_record(path) -> None:
+    """Before Hydra's sweeper writes ``multirun.yaml`` (the launcher's setup): a sweep refused
+    before any job ran then leaves a given ``hydra.sweep.dir`` as it was (its earlier record
+    back, or the new directory removed)."""
+    record = Path(path) / SWEEP_RECORD
+    if str(path) in _NEW_DIRS:  # a default one (multirun/DATE/TIME), named by tf_sweep_dir
+        return
+    if not os.path.exists(path):
+        _NEW_DIRS.append(str(path))
+        _GIVEN.add(str(path))
+    elif record.is_file():
+        _SWEEP_RECORDS[str(path)] = record.read_bytes()
+
+
+def restore_sweep_records() -> None:
+    from trainforge.engine.checkpoint import atomic_write
+
+    for path, data in _SWEEP_RECORDS.items():
+        try:
+            atomic_write(Path(path) / SWEEP_RECORD, lambda f, data=data: f.write(data))
+        except OSError:
+            continue
+
+
 def drop_refused_run_dirs() -> None:
     """After a run refused before it started (at the door, or while preparing and building:
     a run writes nothing of its own until then), or a sweep refused before any job ran:
     remove the new directory Hydra made for it (``outputs/DATE/TIME/``, ``multirun/DATE/TIME/``)
     when it holds nothing but Hydra's record of the refused composition (and the run lock),
-    so typos leave no empty runs behind. Only a directory this process named before it
-    existed (never one given by ``hydra.run.dir``, ``hydra.sweep.dir`` or ``resume``)."""
+    so typos leave no empty runs behind. Only a directory that did not exist before this
+    process: a default one, or a new ``hydra.sweep.dir`` (never one given by ``hydra.run.dir``
+    or ``resume``)."""
     from trainforge.rundir import LOCK
 
     for name in _NEW_DIRS:
@@ -68,7 +97,8 @@ def drop_refused_run_dirs() -> None:
             (run_dir / LOCK).unlink(missing_ok=True)
             (run_dir / SWEEP_RECORD).unlink(missing_ok=True)
             run_dir.rmdir()
-            run_dir.parent.rmdir()  # outputs/DATE/ when this was its only run (not empty: stays)
+            if name not in _GIVEN:
+                run_dir.parent.rmdir()  # outputs/DATE/ when this was its only run (not empty: stays)
         except OSError:
             continue
 
@@ -172,6 +202,8 @@ def guarded(main) -> None:
             sys.exit(1 if not isinstance(exc, USER_ERRORS) else getattr(exc, "exit_code", 2))
         if isinstance(exc, USER_ERRORS):
             drop_refused_run_dirs()
+            if not isinstance(exc, (SweepFailed, SweepStopped)):  # refused before any job ran
+                restore_sweep_records()
         if isinstance(exc, ValueError) and str(exc).startswith("Only one of --run, --multirun"):
             print(f"trainforge: error: {exc}", file=stderr)  # Hydra's own usage error (-m with --cfg)
             sys.exit(2)

@@ -67,7 +67,10 @@ class _SubmititLauncher(Launcher):
         self.hard_stop = False
 
     def setup(self, *, hydra_context, task_function, config) -> None:
+        from trainforge.cli import keep_sweep_record
+
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+        keep_sweep_record(str(config.hydra.sweep.dir))  # before the sweeper rewrites its multirun.yaml
 
     # ---- the sweep ------------------------------------------------------------------
     def launch(self, job_overrides, initial_job_idx: int) -> List[JobReturn]:
