@@ -90,6 +90,7 @@ CATCHERS = {
     "ddp_accum_never_allreduces": ["tests/test_ddp.py::test_two_ranks_equal_one_process_with_the_global_batch"],
     "ddp_parent_forwards_repeats": ["tests/test_sweep_launcher.py::test_hangup_of_a_sweep_of_ddp_jobs_lets_their_ranks_save"],
     "analysis_ranks_unfinished": ["tests/test_analyze.py::test_only_completed_jobs_are_ranked"],
+    "sweep_record_rewritten": ["tests/test_sweep_launcher.py::test_jobs_per_gpu_packs_two_jobs_on_one_id_and_they_share_the_cores"],
     "no_flush_before_save": ["tests/test_resume.py::test_training_log_holds_every_batch_line_a_checkpoint_covers"],
     **dict.fromkeys(["clip_grad_zero_allowed", "compile_backend_unchecked_when_off"],
                     ["tests/test_door.py::test_table_of_bad_inputs_each_refused_in_one_line"]),
