@@ -201,6 +201,18 @@ def test_a_killed_job_is_failed_in_its_status_and_the_report(env, tmp_path):
     assert summary(tmp_path)[0]["status"] == "FAILED" and why in summary(tmp_path)[0]["error"]
 
 
+def test_a_job_refused_while_building_can_run_again_with_a_corrected_value(env, tmp_path):
+    """No metric val_nosuch (found when the job builds): the job FAILED and its directory holds
+    no run, so the sweep again with another value there runs it (it was refused as 'ran other
+    overrides')."""
+    first = sweep(env, tmp_path, *ONE, "checkpoint.monitor=val_nosuch")
+    assert first.returncode == 1 and "checkpoint.monitor=val_nosuch: not a metric" in first.stdout, first.stdout
+    again = sweep(env, tmp_path, *ONE, "checkpoint.monitor=val_loss", "checkpoint.mode=min")
+    assert again.returncode == 0, again.stderr
+    assert status(tmp_path, 0)["status"] == "COMPLETED"
+    assert "checkpoint.monitor=val_loss" in (tmp_path / "sweep" / "0" / ".hydra" / "overrides.yaml").read_text()
+
+
 def test_a_sweep_refused_before_any_job_leaves_no_directory(env, tmp_path):
     """A launcher value no job can run with, an option that does not exist, or a job's value
     that no run can train with, is one line (exit 2) before any job starts, and the new multirun/DATE/TIME/ (holding only Hydra's

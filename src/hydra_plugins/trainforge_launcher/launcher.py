@@ -121,13 +121,15 @@ class _SubmititLauncher(Launcher):
 
     def _done_before(self, e: Entry) -> bool:
         """A re-run sweep (same hydra.sweep.dir) skips COMPLETED jobs; a job dir that ran
-        other overrides is refused, so two sweeps never mix in one directory."""
+        other overrides is refused, so two sweeps never mix in one directory (one that holds
+        no run, a job refused while building, takes the new overrides)."""
         from trainforge.errors import ConfigError
+        from trainforge.rundir import holds_run
 
         from ._pool import status_of
 
         saved = e.run_dir / ".hydra" / "overrides.yaml"
-        if saved.exists():
+        if saved.exists() and holds_run(e.run_dir):  # (a job refused while building holds no run: redo it)
             before = [o for o in OmegaConf.load(saved) if _key(o) not in OWN_KEYS]
             now = [o for o in e.overrides if _key(o) not in OWN_KEYS]
             if sorted(before) != sorted(now):
