@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 
 import numpy as np
@@ -273,7 +274,8 @@ def test_run_logs_raw_kl_active_units_and_collapse_csv(pretrain):
     assert sum(int(r["active"]) for r in last) == float(epochs[-1]["val_active_units"])
     assert sum(float(r["kl"]) for r in last) == pytest.approx(float(epochs[-1]["val_kl_total"]))
     log = (pretrain / "training.log").read_text()
-    assert "active_units" in log and "kl_total" in log and WARNING not in log
+    assert "kl_total" in log and WARNING not in log
+    assert re.search(r"Validation: .*active_units \d+ - ", log)  # a count, not 16.000000
 
 
 def test_collapsing_setting_warns_and_stop_ends_the_run(train_here, tmp_path):

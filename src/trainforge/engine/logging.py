@@ -200,7 +200,8 @@ def epoch_block(record: dict, epochs: int, eta_s: float, note: str = "") -> str:
         lines.append(f"  GPU memory peak: {record['gpu_mem_peak_gib']:.2f} GiB allocated - "
                      f"{record['gpu_mem_reserved_gib']:.2f} GiB reserved")
     if val:
-        lines.append("  Validation: " + " - ".join(f"{k} {v:.6f}" for k, v in val.items()))
+        lines.append("  Validation: " + " - ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.6f}"
+                                                   for k, v in val.items()))  # counts stay counts
     if note:
         lines.append(f"  {note}")
     lines.append(RULE)
