@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import socket
 import sys
@@ -387,6 +388,8 @@ def main(argv=None) -> int:
     except AnalysisError as e:
         print(f"analyze: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `| head` stopped reading: the files are written, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     return 0
 
 
