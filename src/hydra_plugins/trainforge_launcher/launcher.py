@@ -58,6 +58,8 @@ def check_params(params: dict) -> None:
 class _SubmititLauncher(Launcher):
     """What both launchers share: job bookkeeping, resumable sweeps, report, signals."""
 
+    LOCAL_RESULTS = False  # a job's result file is there once it is done (no shared-filesystem delay)
+
     def __init__(self, **params: Any) -> None:
         self.params = params
         self.config = self.hydra_context = self.task_function = None
@@ -176,7 +178,7 @@ class _SubmititLauncher(Launcher):
         from ._pool import status_of
 
         try:
-            if not e.job.paths.result_pickle.exists():  # submitit would wait 15 s for it to appear
+            if self.LOCAL_RESULTS and not e.job.paths.result_pickle.exists():  # (submitit waits 15 s for it)
                 raise _NoResult("the job ended without a result")
             out = e.job.result()
             e.status, e.value, e.error = out["status"], out.get("value"), out.get("error", "")
@@ -251,6 +253,7 @@ class LocalGpusLauncher(_SubmititLauncher):
     sees only its own GPUs (``CUDA_VISIBLE_DEVICES``) and trains on ``cuda:0`` of them."""
 
     POLL_S = 0.1
+    LOCAL_RESULTS = True
     NUDGE_S = 2.0  # a job still starting up may miss the first SIGTERM: repeat it
 
     def _run(self, todo: List[Entry]) -> None:
