@@ -84,7 +84,7 @@ def spawn(cfg_yaml: str, run_dir: Path, overrides: list, ckpt_path, n: int, on_g
     log.info("Launched %d ranks (pids %s)", n, ", ".join(str(p.pid) for p in procs))
     signals.replay(forward)  # what arrived before the ranks existed
     try:
-        codes = _wait(procs)
+        codes = _wait(procs, run_dir=run_dir)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -150,15 +150,16 @@ def _forwarder(procs, previous: dict):
     return forward
 
 
-def _wait(procs, grace_s: float = 10.0) -> list:
+def _wait(procs, grace_s: float = 10.0, run_dir=None) -> list:
     """Wait for every rank; the first one to fail (not 0, not 75) takes the others down.
     A user error (exit 2) is one every rank reaches at the same step: the others get
-    ``grace_s`` to end on their own (rank 0 records the run's end)."""
+    ``grace_s`` to end on their own (rank 0 records the run's end); so does a failure
+    once rank 0 has recorded the run COMPLETED (a rank crashing in its teardown)."""
     deadline = None
     while True:
         codes = [p.poll() for p in procs]
         failed = [c for c in codes if c not in (None, 0, Preempted.EXIT_CODE)]
-        if all(c is not None for c in codes) or (failed and failed[0] != 2):
+        if all(c is not None for c in codes) or (failed and failed[0] != 2 and not _completed(run_dir)):
             break
         if failed:
             deadline = deadline or time.time() + grace_s
@@ -174,10 +175,26 @@ def _wait(procs, grace_s: float = 10.0) -> list:
     return codes
 
 
+def _completed(run_dir) -> bool:
+    """Whether rank 0 recorded the run COMPLETED in status.json."""
+    from trainforge.train import STATUS
+
+    try:
+        return run_dir is not None and json.loads((Path(run_dir) / STATUS).read_text())["status"] == "COMPLETED"
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def _conclude(codes, workdir: Path, run_dir: Path, previous: dict, log) -> None:
     from trainforge.train import STATUS, write_status
 
     if all(c == 0 for c in codes):
+        return
+    if codes[0] == 0 and _completed(run_dir):  # trained and recorded: a rank crashed in its teardown
+        why = ", ".join(f"rank {r} ended with {signal.Signals(-c).name if c < 0 else f'exit code {c}'}"
+                        for r, c in enumerate(codes) if c != 0)
+        log.warning("%s after the run completed (in its teardown; the results are rank 0's and complete)", why,
+                    extra={"console": False})
         return
     errors, tracebacks = {}, {}
     for r in range(len(codes)):
@@ -260,4 +277,10 @@ def check_devices(devices, device: str = "auto", sync_batchnorm: bool = False) -
 
 
 if __name__ == "__main__":
-    sys.exit(rank_main(sys.argv[1], sys.argv[2]))
+    code = rank_main(sys.argv[1], sys.argv[2])
+    import logging
+
+    logging.shutdown()  # training.log written out; then no interpreter teardown, where C++ threads
+    sys.stdout.flush()  # of torch (gloo) have aborted a finished rank ("terminate called without an
+    sys.stderr.flush()  # active exception", SIGABRT), now and then, after the run had completed
+    os._exit(code)
