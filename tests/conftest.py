@@ -87,6 +87,21 @@ def contract(run_dir, batch_metrics=False) -> list:
     return shortfalls(run_dir, batch_metrics)
 
 
+@pytest.fixture
+def trainforge_log():
+    """The messages the ``trainforge`` logger emits during the test (it does not propagate to
+    pytest's caplog once a run in this process has set up its handlers)."""
+    import logging
+
+    messages = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("trainforge")
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)
+
+
 def glint_pair(folder) -> tuple:
     """Two glint files of SMALL's size (160 samples, 32x32): a good one, and one whose every
     other image is NaN (a run on it fails in its first step: non-finite loss)."""

@@ -64,9 +64,9 @@ def keep_sweep_record(path) -> None:
 
 
 def restore_sweep_records() -> None:
-    from trainforge.engine.checkpoint import atomic_write
-
     for path, data in _SWEEP_RECORDS.items():
+        from trainforge.engine.checkpoint import atomic_write  # (torch: only where there is a record)
+
         try:
             atomic_write(Path(path) / SWEEP_RECORD, lambda f, data=data: f.write(data))
         except OSError:
