@@ -201,6 +201,7 @@ def test_a_killed_job_is_failed_in_its_status_and_the_report(env, tmp_path):
     assert summary(tmp_path)[0]["status"] == "FAILED" and why in summary(tmp_path)[0]["error"]
 
 
+@pytest.mark.slow  # CI time (two sweeps): a convenience of re-running; the refusals themselves are above
 def test_a_job_refused_while_building_can_run_again_with_a_corrected_value(env, tmp_path):
     """No metric val_nosuch (found when the job builds): the job FAILED and its directory holds
     no run, so the sweep again with another value there runs it (it was refused as 'ran other
