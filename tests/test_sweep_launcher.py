@@ -216,26 +216,27 @@ def test_a_job_refused_while_building_can_run_again_with_a_corrected_value(env, 
 
 def test_a_sweep_refused_before_any_job_leaves_no_directory(env, tmp_path):
     """A launcher value no job can run with, an option that does not exist, or a job's value
-    that no run can train with, is one line (exit 2) before any job starts, and the new multirun/DATE/TIME/ (holding only Hydra's
-    multirun.yaml) is removed."""
+    that no run can train with, is one line (exit 2) before any job starts, and the new
+    multirun/DATE/TIME/ (holding only Hydra's multirun.yaml) is removed; so is a new
+    hydra.sweep.dir of the user's (not its parent). All at once: each names its own directory."""
     no_slurm = dict(env, PATH=os.pathsep.join(p for p in env["PATH"].split(os.pathsep)
                                               if not (Path(p) / "srun").exists()))
-    for args in (["hydra.launcher.timeout_min=0"], ["hydra.launcher.stop_grace_s=-5"], ["loss=focal,focl"],
-                 ["hydra/launcher=slurm"], ["optimizer.lr=1e-3,-5"]):
-        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *ONE, *args], cwd=tmp_path,
-                              env=no_slurm, capture_output=True, text=True, timeout=300)
-        key = {"loss=focal,focl": "loss=focl: no such option", "hydra/launcher=slurm": "srun not found",
-               "optimizer.lr=1e-3,-5": "optimizer.lr=-5): optimizer.lr=-5.0: must be a number > 0"}.get(
-            args[0], args[0].split("=")[0])
-        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
-        assert proc.stderr.startswith("trainforge: error: ") and key in proc.stderr, proc.stderr
-    assert not (tmp_path / "multirun").exists() or list((tmp_path / "multirun").iterdir()) == []
-    given = tmp_path / "given" / "sweep"  # a new hydra.sweep.dir of the user's: removed too, not its parent
+    given = tmp_path / "given" / "sweep"
     (tmp_path / "given").mkdir()
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *ONE, "optimizer.lr=1e-3,-5",
-                           f"hydra.sweep.dir={given}"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 2 and not given.exists() and (tmp_path / "given").is_dir(), proc.stderr
+    cases = {"hydra.launcher.timeout_min=0": "hydra.launcher.timeout_min",
+             "hydra.launcher.stop_grace_s=-5": "hydra.launcher.stop_grace_s",
+             "loss=focal,focl": "loss=focl: no such option", "hydra/launcher=slurm": "srun not found",
+             "optimizer.lr=1e-3,-5": "optimizer.lr=-5): optimizer.lr=-5.0: must be a number > 0"}
+    procs = [(key, subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *ONE, *args], cwd=tmp_path,
+                                    env=no_slurm, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+             for args, key in [*(([a], k) for a, k in cases.items()),
+                               (["optimizer.lr=1e-3,-5", f"hydra.sweep.dir={given}"], "optimizer.lr=-5")]]
+    for key, proc in procs:
+        err = proc.communicate(timeout=300)[1]
+        assert proc.returncode == 2 and err.strip().splitlines() == [err.strip()], err
+        assert err.startswith("trainforge: error: ") and key in err, err
+    assert not (tmp_path / "multirun").exists() or list((tmp_path / "multirun").iterdir()) == []
+    assert not given.exists() and (tmp_path / "given").is_dir()
 
 
 # ---- AC4: SIGTERM on the parent, then the same sweep again -------------------------------------

@@ -55,6 +55,7 @@ def test_interval_stdout_every_batch_in_log_and_cosine_lr(train, tmp_path):
     assert contract(run, batch_metrics=True) == []
 
 
+@pytest.mark.slow  # CI time: test_door's refused-run test starts seven runs at once, each in its own directory
 def test_two_runs_started_together_get_different_directories(env, tmp_path):
     cmd = [sys.executable, str(ROOT / "train.py"), *SMALL, "trainer.epochs=1"]
     procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
