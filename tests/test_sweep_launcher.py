@@ -119,6 +119,7 @@ def test_fake_pool_one_id_per_job_two_at_once_and_a_true_queue(env, tmp_path):
     assert all(s in ("0", "1") for s in seen) and seen[0] != seen[1]
     assert [r["status"] for r in summary(tmp_path)] == ["COMPLETED"] * 4
     assert [r["gpus"] for r in summary(tmp_path)] == seen
+    assert not (tmp_path / "sweep" / ".submitit" / "%j").exists()  # submitit's empty placeholder folder
     assert re.search(r"job +overrides +status +best_val_dice +epochs +run_dir", proc.stdout)
 
 

@@ -91,6 +91,7 @@ class _SubmititLauncher(Launcher):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            _drop_empty(Path(str(self.params["submitit_folder"])))  # submitit makes the literal ".../%j"
         return self._report(sweep_dir, entries)
 
     def _run(self, todo: List[Entry]) -> None:
@@ -387,6 +388,13 @@ def _killed(run_dir: Path, record: dict, why: str) -> dict:
     kept = {k: record[k] for k in ("started", "epoch", "step", "final", "best") if k in record}
     write_status(run_dir, "FAILED", error=why, **kept)
     return {"status": "FAILED", "error": why}
+
+
+def _drop_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()  # only if empty
+    except OSError:
+        pass
 
 
 def _print(text: str) -> None:
