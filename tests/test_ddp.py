@@ -162,6 +162,7 @@ def test_two_ranks_resume_exactly_also_after_sigterm_to_the_parent(train, env, t
     assert [int(r["epoch"]) for r in csv.DictReader(open(stopped / "epoch_metrics.csv"))] == [1, 2, 3]
 
 
+@pytest.mark.slow  # CI time (three 2-rank runs); scripts/mutations/run.py runs it for its two patches
 def test_seqsetvae_on_two_ranks_resumes_each_ranks_random_stream_and_rank_0_alone_writes(train, tmp_path):
     """SeqSetVAE samples z while training: an exact resume needs every rank's own RNG back.
     collapse.csv gets one row per latent dimension and validation (rank 0 writes)."""

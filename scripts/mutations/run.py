@@ -109,7 +109,8 @@ def run_one(name: str, tests: list) -> str:
             return f"patch does not apply ({applied.stdout.strip() or applied.stderr.strip()})"
         env = dict(os.environ, PYTHONPATH=str(Path(tmp) / "src"))
         start = time.time()
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                               "-m", "slow or not slow", *tests],  # a catcher may be a slow test
                               cwd=ROOT, env=env, capture_output=True, text=True)
         failed = [ln.split(" - ")[0] for ln in proc.stdout.splitlines() if ln.startswith("FAILED")]
         took = f"{time.time() - start:.0f}s"
