@@ -65,6 +65,15 @@ def summary(tmp_path) -> list:
         return list(csv.DictReader(f))
 
 
+def signal_job(proc, tmp_path, job: int, sig) -> None:
+    """Once job ``job`` of the sweep ``proc`` runs, send ``sig`` to its training process alone."""
+    record, deadline = tmp_path / "sweep" / str(job) / "status.json", time.time() + 300
+    while not (record.exists() and json.loads(record.read_text())["status"] == "RUNNING"):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    os.kill(json.loads(record.read_text())["pid"], sig)
+
+
 def leftovers(marker: str) -> list:
     """Processes whose command line mentions ``marker`` (the sweep dir)."""
     found = []
@@ -160,12 +169,7 @@ def test_a_failing_job_is_reported_the_others_complete_and_the_sweep_exits_nonze
     by a signal of its own (not the sweep's): all three count as not completed."""
     good, bad = glint_pair(tmp_path)
     proc = sweep(env, tmp_path, *SMALL, f"data.path={good},{bad}", "trainer.epochs=1,100", wait=False)
-    record = tmp_path / "sweep" / "2" / "status.json"  # good.h5, 100 epochs
-    deadline = time.time() + 300
-    while not (record.exists() and json.loads(record.read_text())["status"] == "RUNNING"):
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    os.kill(json.loads(record.read_text())["pid"], signal.SIGUSR1)
+    signal_job(proc, tmp_path, 2, signal.SIGUSR1)  # good.h5, 100 epochs
     out, err = proc.communicate(timeout=300)
     proc = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     assert proc.returncode == 1
@@ -188,12 +192,7 @@ def test_a_failing_job_is_reported_the_others_complete_and_the_sweep_exits_nonze
 def test_a_killed_job_is_failed_in_its_status_and_the_report(env, tmp_path):
     """SIGKILL (or the OOM killer) leaves a job no time to record its end: the sweep does."""
     proc = sweep(env, tmp_path, *ONE, "trainer.epochs=100", "seed=0", wait=False)
-    record = tmp_path / "sweep" / "0" / "status.json"
-    deadline = time.time() + 300
-    while not (record.exists() and json.loads(record.read_text())["status"] == "RUNNING"):
-        assert proc.poll() is None and time.time() < deadline
-        time.sleep(0.05)
-    os.kill(json.loads(record.read_text())["pid"], signal.SIGKILL)
+    signal_job(proc, tmp_path, 0, signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err
     why = "its process was killed before it recorded its end"

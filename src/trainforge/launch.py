@@ -141,13 +141,18 @@ def _forwarder(procs, previous: dict):
         if callable(handler) and handler is not signal.default_int_handler:
             handler(signum, frame)
             return
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        _kill_groups(procs)
 
     return forward
+
+
+def _kill_groups(procs) -> None:
+    """SIGKILL every rank's process group: the rank and its DataLoader workers."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _wait(procs, grace_s: float = 10.0, run_dir=None) -> list:
@@ -166,11 +171,8 @@ def _wait(procs, grace_s: float = 10.0, run_dir=None) -> list:
             if time.time() > deadline:
                 break
         time.sleep(0.05)
-    for p in procs:  # every rank's group: ranks still running, and the loader workers of any rank
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    _kill_groups(procs)  # ranks still running, and the loader workers of any rank
+    for p in procs:
         p.wait()
     return codes
 
@@ -186,7 +188,7 @@ def _completed(run_dir) -> bool:
 
 
 def _conclude(codes, workdir: Path, run_dir: Path, previous: dict, log) -> None:
-    from trainforge.train import STATUS, write_status
+    from trainforge.train import STATUS, write_failed_over
 
     if all(c == 0 for c in codes):
         return
@@ -223,8 +225,7 @@ def _conclude(codes, workdir: Path, run_dir: Path, previous: dict, log) -> None:
     status = json.loads((run_dir / STATUS).read_text()) if (run_dir / STATUS).exists() else {}
     # a rank killed by a signal wrote nothing; rank 0 may have recorded what followed (its peer gone)
     if status.get("status") in (None, "RUNNING") or code < 0:
-        kept = {k: status[k] for k in ("started", "epoch", "step", "final", "best") if k in status}
-        write_status(run_dir, "FAILED", error=line, failed_rank=rank, exit_codes=codes, **kept)
+        write_failed_over(run_dir, status, line, failed_rank=rank, exit_codes=codes)
     if code == 2:
         raise TrainforgeError(errors.get(rank, line))
     raise RankFailed(line)

@@ -49,6 +49,13 @@ def write_final_status(run_dir: Path, status: str, **fields) -> None:
             pass
 
 
+def write_failed_over(run_dir: Path, record: dict, error: str, **fields) -> None:
+    """FAILED with ``error`` in place of a record that a killed process could not finish
+    (what it held of the run is kept)."""
+    kept = {k: record[k] for k in ("started", "epoch", "step", "final", "best") if k in record}
+    write_status(run_dir, "FAILED", error=error, **kept, **fields)
+
+
 def check_fresh(run_dir: Path, resume) -> None:
     """Never train over another run: a directory that already holds one needs resume, and
     a resume continues in its own run's directory, never in another run's."""

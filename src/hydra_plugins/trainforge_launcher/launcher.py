@@ -382,11 +382,10 @@ class _NoResult(Exception):
 
 
 def _killed(run_dir: Path, record: dict, why: str) -> dict:
-    """status.json of a job killed while RUNNING: FAILED with ``why`` (what it held is kept)."""
-    from trainforge.train import write_status
+    """status.json of a job killed while RUNNING: FAILED with ``why``."""
+    from trainforge.train import write_failed_over
 
-    kept = {k: record[k] for k in ("started", "epoch", "step", "final", "best") if k in record}
-    write_status(run_dir, "FAILED", error=why, **kept)
+    write_failed_over(run_dir, record, why)
     return {"status": "FAILED", "error": why}
 
 
