@@ -26,7 +26,7 @@ def test_writer_killed_before_rename_leaves_old_checkpoint_intact(tmp_path):
         from trainforge.engine import checkpoint
         def die(*a, **k):  # the new file is fully written; the process dies before the rename
             os.kill(os.getpid(), signal.SIGKILL)
-        checkpoint.os.replace = die
+        os.replace = die
         checkpoint.atomic_save({{"format_version": 1, "model": {{"w": torch.full((4,), 2.0)}}}}, {str(path)!r})
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
@@ -43,7 +43,7 @@ def test_writer_killed_mid_write_leaves_old_checkpoint_intact(tmp_path):
         real_fsync = os.fsync
         def die(fd):  # half of the bytes may be on disk; die before anything is committed
             os.kill(os.getpid(), signal.SIGKILL)
-        checkpoint.os.fsync = die
+        os.fsync = die
         checkpoint.atomic_save({{"format_version": 1, "model": {{"w": torch.zeros(1_000_000)}}}}, {str(path)!r})
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True)

@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import CONF, ROOT, SMALL
-from trainforge.build import available_metrics, build_model
+from trainforge.run.build import available_metrics, build_model
 
 LN2 = math.log(2.0)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import SMALL, write_h5
-from trainforge.build import build
+from trainforge.run.build import build
 from trainforge.data.glint import make_glint
 from trainforge.data.shm import SharedArrays
 

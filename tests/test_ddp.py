@@ -24,7 +24,7 @@ from conftest import ROOT, write_h5
 from trainforge.data.glint import make_glint
 from trainforge.engine.checkpoint import load_checkpoint
 from trainforge.errors import ConfigError, Preempted
-from trainforge.ranks import env_ranks, first_host
+from trainforge.distributed.ranks import env_ranks, first_host
 
 DET = ["data.image_size=32", "log.progress=false", "trainer.deterministic=true", "log.batch_metrics=true",
        "data.num_samples=160"]  # 128 training samples: 8 global batches of 16 an epoch
@@ -162,7 +162,7 @@ def test_two_ranks_resume_exactly_also_after_sigterm_to_the_parent(train, env, t
     assert [int(r["epoch"]) for r in csv.DictReader(open(stopped / "epoch_metrics.csv"))] == [1, 2, 3]
 
 
-@pytest.mark.slow  # CI time (three 2-rank runs); scripts/mutations/run.py runs it for its two patches
+@pytest.mark.slow  # CI time (three 2-rank runs); tools/mutations/run.py runs it for its two patches
 def test_seqsetvae_on_two_ranks_resumes_each_ranks_random_stream_and_rank_0_alone_writes(train, tmp_path):
     """SeqSetVAE samples z while training: an exact resume needs every rank's own RNG back.
     collapse.csv gets one row per latent dimension and validation (rank 0 writes)."""
@@ -230,8 +230,8 @@ def test_a_rank_crashing_after_the_run_completed_does_not_fail_it(tmp_path, trai
     import logging
 
     from trainforge.errors import RankFailed
-    from trainforge.launch import _conclude
-    from trainforge.train import write_status
+    from trainforge.distributed.launch import _conclude
+    from trainforge.run.train import write_status
 
     log = logging.getLogger("trainforge")
     write_status(tmp_path, "COMPLETED", epoch=2)
@@ -263,7 +263,7 @@ def test_processes_with_slurm_variables_train_as_one_run(env, tmp_path):
 
 
 def test_trainer_devices_under_torchrun_or_slurm_is_the_ranks_or_refused(compose_cfg):
-    from trainforge.train import _devices_are_the_ranks
+    from trainforge.run.train import _devices_are_the_ranks
 
     for given in ("1", "auto", "2"):
         cfg = compose_cfg(f"trainer.devices={given}")

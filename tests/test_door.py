@@ -12,8 +12,8 @@ import pytest
 from trainforge.cli import USER_ERRORS, one_line
 from trainforge.engine.hooks import EvalHook
 from trainforge.errors import ConfigError
-from trainforge.rundir import holds_run
-from trainforge.train import run
+from trainforge.files import holds_run
+from trainforge.run.train import run
 
 from conftest import ROOT, SMALL, write_h5
 
@@ -182,7 +182,7 @@ def test_every_data_model_loss_combination_trains_a_step_or_is_refused_at_the_do
     (they used to crash in the first step with a shape error)."""
     import itertools
 
-    from trainforge.build import build
+    from trainforge.run.build import build
     from trainforge.config import validate
 
     from omegaconf import OmegaConf, open_dict
@@ -220,7 +220,7 @@ def test_a_constructor_error_names_group_and_key():
     """torch's own check, for a value no rule caught, comes out as group.key=value."""
     import torch
 
-    from trainforge.build import blame
+    from trainforge.run.build import blame
     from trainforge.errors import ConfigError
 
     node = {"_target_": "torch.optim.SGD", "lr": -1.0, "momentum": 0.9}
@@ -320,10 +320,10 @@ def test_a_crash_says_where_its_traceback_is(env, tmp_path):
 RACE = r"""
 import json, multiprocessing as mp, sys
 import torch._dynamo  # noqa: F401  (torch.optim imports it on first use: once here, not per child)
-import trainforge.build, trainforge.resume  # noqa: F401  (and these: children only train)
+import trainforge.run.build, trainforge.run.resume  # noqa: F401  (and these: children only train)
 from hydra import compose, initialize_config_dir
 from trainforge.cli import USER_ERRORS, one_line
-from trainforge.train import run
+from trainforge.run.train import run
 
 conf, base, rounds, overrides = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 with initialize_config_dir(config_dir=conf, version_base="1.3"):
@@ -437,7 +437,7 @@ def test_full_disk_under_each_sink_names_its_file(small_disk):
     from trainforge.engine.logging import LOGGER, BatchCSV, setup_logging, write_epoch_files
     from trainforge.errors import WriteError
 
-    csv = BatchCSV(small_disk / "batch_metrics.csv", ["epoch", "batch", "loss"])
+    csv = BatchCSV(small_disk, ["epoch", "batch", "loss"])
     log = setup_logging(small_disk)
     with open(small_disk / "filler", "wb") as f:
         os.posix_fallocate(f.fileno(), 0, os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize)

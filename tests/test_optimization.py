@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import SMALL, write_h5
-from trainforge.build import build
+from trainforge.run.build import build
 from trainforge.engine.checkpoint import load_checkpoint
 from trainforge.engine.hooks import EvalHook
 from trainforge.engine.trainer import GRAD_NORM_EVERY

@@ -1,12 +1,12 @@
 """The cheap hot path (issue 10): data on the device, torch.compile, precision=auto, no
-host sync per step. Speed itself is measured by scripts/bench_overhead.py, not here."""
+host sync per step. Speed itself is measured by benchmarks/bench_overhead.py, not here."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from conftest import SMALL
-from trainforge.build import build
+from trainforge.run.build import build
 from trainforge.data.device import DeviceLoader
 from trainforge.engine.amp import BF16_MIN_PARAMS, auto_precision
 from trainforge.engine.checkpoint import load_checkpoint
@@ -77,6 +77,7 @@ def test_compiled_model_trains_saves_plain_state_and_resumes_either_way(train, t
     assert plain["epoch"] == 2 and plain["model"].keys() == ckpt["model"].keys()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the sync check is a GPU property")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_no_host_sync_inside_an_epoch_on_gpu(compose_cfg, tmp_path, precision):
@@ -102,6 +103,7 @@ def test_no_host_sync_inside_an_epoch_on_gpu(compose_cfg, tmp_path, precision):
     assert trainer.history[-1]["epoch"] == 3
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: auto is fp32 on the CPU")
 def test_precision_auto_of_a_built_run_follows_compile_on_gpu(compose_cfg, tmp_path):
     """The small default UNet: fp32 eager, bf16 compiled (where the GPU has bf16)."""
@@ -256,7 +258,7 @@ def test_bench_overhead_prints_one_line_per_case_with_its_stable_keys(env, tmp_p
     from conftest import ROOT
 
     out = tmp_path / "bench.jsonl"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_overhead.py"), "--device", "cpu",
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_overhead.py"), "--device", "cpu",
                            "--cases", "tiny_fp32,default", "--rounds", "2", "--warmup", "0", "--steps", "3",
                            "--control", "--json", str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -123,7 +123,7 @@ def test_progress_spellings_and_modes(compose_cfg):
 
 
 def test_gpu_memory_fields_reach_the_block_and_the_csv_row():
-    """GpuMemoryHook's fields (CUDA only, checked on a GPU by scripts/check_gpu_memory.py)
+    """GpuMemoryHook's fields (CUDA only, checked on a GPU by tests/gpu/check_gpu_memory.py)
     flow into the epoch block and the CSV row like any other epoch field."""
     from trainforge.engine.logging import epoch_block, flatten
 

@@ -2,7 +2,7 @@
 that exposes it: a model drawing from the global RNG, a NaN in the middle of an epoch with a
 checkpoint every step, fp16 with clipping, autocast seen from inside the model, signals other
 than SIGTERM, the checkpoint fallback chain, fractional epochs, the skip policy, precision=auto.
-``scripts/mutations/`` holds the breakages and which test here catches each."""
+``tools/mutations/`` holds the breakages and which test here catches each."""
 from __future__ import annotations
 
 import copy
@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import ROOT, SMALL, write_h5
-from trainforge.build import build
+from trainforge.run.build import build
 from trainforge.data import EpochSampler
 from trainforge.data.glint import make_glint
 from trainforge.engine.checkpoint import CheckpointManager, load_checkpoint
@@ -53,7 +53,7 @@ def test_resume_restores_the_global_rng_that_dropout_draws_from(train_here, tmp_
 
 # ---- retention deletes old epoch files only after the new checkpoint is committed ----
 def test_a_save_that_fails_deletes_no_older_checkpoint(tmp_path, monkeypatch):
-    from trainforge.engine import checkpoint
+    import os
 
     mgr = CheckpointManager(tmp_path, save_freq=1, keep_last_n=1, monitor="val_loss", mode="min")
     mgr.save_epoch(1, 0.5, {}, {"model": {}, "epoch": 1}, {"w": torch.zeros(1)})
@@ -61,7 +61,7 @@ def test_a_save_that_fails_deletes_no_older_checkpoint(tmp_path, monkeypatch):
     def disk_full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.os, "replace", disk_full)  # nothing new can be committed
+    monkeypatch.setattr(os, "replace", disk_full)  # nothing new can be committed
     with pytest.raises(WriteError, match="No space left"):
         mgr.save_epoch(2, 0.4, {}, {"model": {}, "epoch": 2}, {"w": torch.ones(1)})
     monkeypatch.undo()
@@ -120,7 +120,7 @@ def test_fp16_gradients_are_unscaled_before_clipping(one_batch, tmp_path):
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=GPU)])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, GPU])])
 @pytest.mark.parametrize("mode,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)])
 def test_autocast_runs_the_model_in_the_chosen_dtype(one_batch, mode, dtype, device):
     trainer = one_batch(f"trainer.precision={mode}", device=device)
@@ -149,6 +149,7 @@ def test_precision_auto_picks_bf16_only_on_gpus_that_support_it():
         assert resolve_precision(mode, cuda, bf16_supported=False) == mode
 
 
+@pytest.mark.gpu
 @GPU
 def test_precision_auto_on_this_gpu():
     from trainforge.engine.amp import Precision
@@ -193,7 +194,7 @@ def test_skip_makes_no_update_and_the_schedule_still_advances(compose_cfg, tmp_p
     ("checkpoint.monitor=val_loss", "checkpoint.monitor"),  # the best and top_k tables are in its terms
 ])
 def test_drift_in_model_optimizer_devices_or_accumulation_is_refused(compose_cfg, override, key):
-    from trainforge.resume import check_drift
+    from trainforge.run.resume import check_drift
 
     saved = OmegaConf.to_yaml(compose_cfg(*SMALL), resolve=True)
     with pytest.raises(ConfigError) as err:
@@ -203,7 +204,7 @@ def test_drift_in_model_optimizer_devices_or_accumulation_is_refused(compose_cfg
 
 
 def test_drift_in_epochs_lr_logging_or_loading_is_allowed_and_reported(compose_cfg):
-    from trainforge.resume import check_drift
+    from trainforge.run.resume import check_drift
 
     saved = OmegaConf.to_yaml(compose_cfg(*SMALL), resolve=True)
     allowed = ["trainer.epochs=7", "optimizer.lr=0.1", "log.interval=3", "data.num_workers=2", "data.preload=false"]

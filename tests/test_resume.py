@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from trainforge.build import build_model
+from trainforge.run.build import build_model
 from trainforge.engine.checkpoint import CheckpointManager, load_checkpoint
 from trainforge.engine.logging import BatchedFileHandler
 from trainforge.errors import CheckpointError, ConfigError, Preempted
@@ -259,7 +259,7 @@ def test_submitit_preemption_requeues_and_continues_exactly(train, env, tmp_path
     import submitit
 
     from conftest import CONF
-    from trainforge.submit import TrainJob
+    from trainforge.run.submit import TrainJob
 
     straight, job_dir = tmp_path / "straight", tmp_path / "job"
     args = [*LONG, "trainer.epochs=3"]  # slack for the signal to land mid-run on fast machines
@@ -283,7 +283,7 @@ def test_submitit_preemption_requeues_and_continues_exactly(train, env, tmp_path
 
 def test_signal_on_the_last_step_of_an_epoch_keeps_that_epoch(compose_cfg, tmp_path):
     """The step in flight finishes; so do that epoch's validation, history row and checkpoint."""
-    from trainforge.build import build
+    from trainforge.run.build import build
     from trainforge.engine.trainer import HookBase
 
     class SignalOnLastStep(HookBase):

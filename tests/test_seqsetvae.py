@@ -15,7 +15,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from conftest import contract, write_h5
 from trainforge.config import validate
 from trainforge.data.seqset import SeqSetData, make_seqset
-from trainforge.data.seqsets import SetSeqDataset
+from trainforge.data.sets import SetSeqDataset
 from trainforge.engine.checkpoint import safe_load
 from trainforge.engine.collapse import CollapseHook
 from trainforge.errors import ConfigError, DataError

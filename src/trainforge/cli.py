@@ -12,7 +12,9 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from trainforge.distributed.ranks import NOW
 from trainforge.errors import Preempted, SweepFailed, SweepStopped, TrainforgeError
+from trainforge.files import HYDRA_DIR, LOCK, atomic_write, holds_run, resume_home
 
 USER_ERRORS = (TrainforgeError, HydraException, OmegaConfBaseException)
 
@@ -28,8 +30,6 @@ def run_dir_for(resume, default: str) -> str:
     """
     if resume in (None, "", "auto"):
         return _new_dir(default)
-    from trainforge.rundir import resume_home
-
     home = resume_home(resume)
     return str(home) if home is not None else _new_dir(default)
 
@@ -65,8 +65,6 @@ def keep_sweep_record(path) -> None:
 
 def restore_sweep_records() -> None:
     for path, data in _SWEEP_RECORDS.items():
-        from trainforge.engine.checkpoint import atomic_write  # (torch: only where there is a record)
-
         try:
             atomic_write(Path(path) / SWEEP_RECORD, lambda f, data=data: f.write(data))
         except OSError:
@@ -81,8 +79,6 @@ def drop_refused_run_dirs() -> None:
     so typos leave no empty runs behind. Only a directory that did not exist before this
     process: a default one, or a new ``hydra.sweep.dir`` (never one given by ``hydra.run.dir``
     or ``resume``)."""
-    from trainforge.rundir import LOCK
-
     for name in _NEW_DIRS:
         run_dir, record = Path(name), Path(name) / ".hydra"
         try:
@@ -107,7 +103,7 @@ def start_time(pattern: str) -> str:
     """``${tf_now:PATTERN}``: the run's start time. Every rank of a torchrun or SLURM run
     resolves rank 0's (``TRAINFORGE_NOW``, agreed before Hydra starts), so all ranks name
     the same run directory; otherwise the clock, as Hydra's ``${now:}``."""
-    agreed = os.environ.get("TRAINFORGE_NOW")
+    agreed = os.environ.get(NOW)
     moment = datetime.datetime.fromtimestamp(float(agreed)) if agreed else datetime.datetime.now()
     return moment.strftime(pattern)
 
@@ -118,9 +114,7 @@ def hydra_record(output_dir: str):
     a resume keeps the record of how the run was started (the resume's own overrides are in
     its checkpoint, its final config in ``config.yaml``) and a run refused there changes
     nothing."""
-    from trainforge.rundir import holds_run
-
-    return None if holds_run(output_dir) else ".hydra"
+    return None if holds_run(output_dir) else HYDRA_DIR
 
 
 OmegaConf.register_new_resolver("tf_run_dir", run_dir_for, replace=True)
@@ -159,7 +153,7 @@ def one_line(exc: BaseException) -> str:
 def _did_you_mean(err, full_key: str) -> str:
     """For an unknown key of a schema-typed node: the closest key a schema declares."""
     from trainforge.config import SCHEMAS
-    from trainforge.rules import closest
+    from trainforge.config.rules import closest
 
     kind = getattr(err, "object_type", None)
     if not (dataclasses.is_dataclass(kind) and str(getattr(err, "msg", "")).startswith("Key '")):
@@ -180,8 +174,8 @@ def guarded(main) -> None:
     ``training.log``) and exit 1, unless the user set ``HYDRA_FULL_ERROR=1``, which shows
     every traceback as Hydra does.
     """
-    from trainforge.ranks import env_rank
-    from trainforge.launch import agree_start_time
+    from trainforge.distributed.ranks import env_rank
+    from trainforge.distributed.launch import agree_start_time
 
     agree_start_time()  # torchrun / SLURM ranks: one run directory for all
     quiet = env_rank() != 0  # rank 0 alone prints

@@ -16,7 +16,7 @@ class SweepJob:
     Every task of a multi-task SLURM job runs this same object: rank 0 writes ``.hydra/``,
     all ranks call the task with the same config (ranks come from the SLURM environment).
     ``checkpoint`` makes a timed-out or preempted job requeue as itself; the task resumes
-    from its run directory (``trainforge.train.run`` uses ``resume=auto`` under submitit).
+    from its run directory (``trainforge.run.train.run`` uses ``resume=auto`` under submitit).
     """
 
     def __init__(self, hydra_context, task_function, config, overrides: List[str], num: int,

@@ -47,7 +47,7 @@ def cpu_parallel(n_cores: int) -> int:
     """Jobs at once on a machine without GPUs: one per core, at most CPU_MAX_PARALLEL.
 
     Small models use a second intra-op thread poorly, so separate jobs on separate cores
-    give more throughput (scripts/bench_sweep.py); the cap keeps the memory of many
+    give more throughput (benchmarks/bench_sweep.py); the cap keeps the memory of many
     job processes (each holds its data and model) bounded on big machines.
     """
     return max(1, min(n_cores, CPU_MAX_PARALLEL))

@@ -18,6 +18,8 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf, open_dict
 
+from ._session import drop_empty, kill_group, say, session_executor, terminate
+
 # keys the launcher sets for a job unless the user did; they do not tell jobs apart
 OWN_KEYS = ("trainer.threads", "trainer.devices")
 
@@ -42,7 +44,7 @@ class Entry:
 def check_params(params: dict) -> None:
     """The numbers of either launcher's config, before any job starts (a zero timeout
     failed every job with a cut-off submitit error, a zero thread count crashed each job)."""
-    from trainforge.rules import at_least, fail, interval, positive
+    from trainforge.config.rules import at_least, fail, interval, positive
 
     checks = {"timeout_min": positive, "poll_s": positive, "signal_delay_s": at_least(0),
               "max_num_timeout": at_least(0), "stop_grace_s": interval(0), "threads_per_job": at_least(1),
@@ -91,7 +93,7 @@ class _SubmititLauncher(Launcher):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            _drop_empty(Path(str(self.params["submitit_folder"])))  # submitit makes the literal ".../%j"
+            drop_empty(Path(str(self.params["submitit_folder"])))  # submitit makes the literal ".../%j"
         return self._report(sweep_dir, entries)
 
     def _run(self, todo: List[Entry]) -> None:
@@ -127,7 +129,7 @@ class _SubmititLauncher(Launcher):
         other overrides is refused, so two sweeps never mix in one directory (one that holds
         no run, a job refused while building, takes the new overrides)."""
         from trainforge.errors import ConfigError
-        from trainforge.rundir import holds_run
+        from trainforge.files import holds_run
 
         from ._pool import status_of
 
@@ -219,14 +221,14 @@ class _SubmititLauncher(Launcher):
     # ---- the end ----------------------------------------------------------------------
     def _report(self, sweep_dir: Path, entries: List[Entry]) -> List[JobReturn]:
         from trainforge.errors import SweepFailed, SweepStopped
-        from trainforge.sweep import job_row, table, write_summary
+        from trainforge.analysis.summary import job_row, table, write_summary
 
         for e in entries:
             self.rows[e.num] = job_row(e.num, " ".join(filter_overrides(e.overrides)), e.run_dir, e.status,
                                        e.error, e.log, ",".join(e.gpus or ()))
         rows = [self.rows[n] for n in sorted(self.rows)]
         path = write_summary(sweep_dir, rows)
-        _print("\n" + table(rows, self.shown) + f"\nsummary: {_rel(path)}")
+        say("\n" + table(rows, self.shown) + f"\nsummary: {_rel(path)}")
         if self.stop_signal:
             stopped = sum(e.status == "PREEMPTED" for e in entries)
             waiting = sum(e.status in ("NOT_STARTED", "CANCELLED") for e in entries)
@@ -246,7 +248,7 @@ class _SubmititLauncher(Launcher):
 
     @staticmethod
     def say(message: str) -> None:
-        _print(f"[{time.strftime('%H:%M:%S')}] {message}")
+        say(f"[{time.strftime('%H:%M:%S')}] {message}")
 
 
 class LocalGpusLauncher(_SubmititLauncher):
@@ -296,11 +298,11 @@ class LocalGpusLauncher(_SubmititLauncher):
         self._stopping_since = getattr(self, "_stopping_since", None) or now
         if self.hard_stop or now - self._stopping_since > self.params["stop_grace_s"]:
             for e in running:
-                _kill_group(e.job)
+                kill_group(e.job)
         elif now - getattr(self, "_nudged", 0.0) > self.NUDGE_S:
             self._nudged = now
             for e in running:
-                _terminate(e.job)
+                terminate(e.job)
 
 
 class SlurmLauncher(_SubmititLauncher):
@@ -345,78 +347,24 @@ class SlurmLauncher(_SubmititLauncher):
             time.sleep(p["poll_s"])
 
 
-def session_executor(folder, max_num_timeout: int):
-    """A submitit LocalExecutor whose job controllers start in their own session: a
-    terminal's Ctrl-C then reaches only the sweep's parent, which stops each job gently
-    (SIGTERM to the controller, which forwards it to the task; the task saves and stops)."""
-    import subprocess
-
-    import submitit
-    from submitit.local import local
-
-    class NewSession:  # what submitit's local module sees as `subprocess` while it starts a controller
-        def __getattr__(self, name):
-            return getattr(subprocess, name)
-
-        @staticmethod
-        def Popen(*args, **kwargs):  # noqa: N802 - the name submitit calls
-            return subprocess.Popen(*args, start_new_session=True, **kwargs)
-
-    class SessionLocalExecutor(submitit.LocalExecutor):
-        def _submit_command(self, command):
-            local.subprocess = NewSession()
-            try:
-                job = super()._submit_command(command)
-            finally:
-                local.subprocess = subprocess
-            if os.getpgid(job._process.pid) != job._process.pid:
-                print("trainforge: warning: this submitit starts job controllers in the sweep's "
-                      "session; Ctrl-C reaches the jobs directly")
-            return job
-
-    return SessionLocalExecutor(folder=folder, max_num_timeout=max_num_timeout)
-
-
 class _NoResult(Exception):
     pass
 
 
 def _killed(run_dir: Path, record: dict, why: str) -> dict:
     """status.json of a job killed while RUNNING: FAILED with ``why``."""
-    from trainforge.train import write_failed_over
+    from trainforge.files import write_failed_over
 
     write_failed_over(run_dir, record, why)
     return {"status": "FAILED", "error": why}
 
 
-def _drop_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()  # only if empty
-    except OSError:
-        pass
 
 
-def _print(text: str) -> None:
-    try:
-        print(text, flush=True)
-    except OSError:  # a terminal that hung up: the sweep goes on (summary.csv has it all)
-        pass
 
 
-def _terminate(job) -> None:
-    """SIGTERM to the job's controller, which forwards it to the task (a job done meanwhile is fine)."""
-    try:
-        job._process.send_signal(signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
-def _kill_group(job) -> None:
-    """SIGKILL to the controller's whole process group: controller, task, its workers."""
-    try:
-        os.killpg(job._process.pid, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 def varying(overrides: List[List[str]]) -> List[str]:
@@ -431,7 +379,7 @@ def _key(override: str) -> str:
 
 
 def _rel(path: Path) -> str:
-    from trainforge.sweep import relative
+    from trainforge.analysis.summary import relative
 
     return relative(path)
 

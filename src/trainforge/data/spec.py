@@ -19,7 +19,7 @@ class DataSpec:
     def __init__(self, batch_size, num_workers, pin_memory, preload, shuffle, shared_memory, val_fraction,
                  on_device=False):
         if not 0.0 < val_fraction < 1.0:
-            raise DataError(f"data.val_fraction={val_fraction}: must be between 0 and 1")
+            raise ValueError(f"val_fraction {val_fraction}: must be between 0 and 1")  # (the door checks it first)
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.preload, self.shuffle, self.shared, self.val_fraction = preload, shuffle, shared_memory, val_fraction
         self.on_device = on_device

@@ -12,116 +12,24 @@ committed, and never touches ``latest_checkpoint.pth``.
 """
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import shutil
 import time
 import zipfile
 from pathlib import Path
 
 import torch
 
-from trainforge.errors import CheckpointError, WriteError
-from trainforge.rundir import process_ended
+from trainforge.errors import CheckpointError
+from trainforge.files import (BEST, BEST_WEIGHTS, EPOCH_DIR, INDEX, LATEST, RunRecord, atomic_json,  # noqa: F401
+                              atomic_write, publish, tmp_for, writer_gone)
 
 FORMAT_VERSION = 1
-LATEST = "latest_checkpoint.pth"
-BEST = "best_model.pth"
-BEST_WEIGHTS = "best_model_weights.pt"
-EPOCH_DIR = "checkpoints"
-INDEX = "checkpoints/index.json"
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not every platform lets a folder be opened
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _tmp_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _writer_gone(tmp: Path) -> bool:
-    """Whether the process that wrote temp file ``tmp`` (``_tmp_for``'s ``.<name>.<pid>.tmp``)
-    has ended, so the file is a killed write's leftover. A live writer's is not: another
-    rank's CheckpointManager must not delete the file rank 0 is writing, nor the launcher's."""
-    try:
-        pid = int(tmp.name.rsplit(".", 2)[-2])
-    except (ValueError, IndexError):
-        return True  # not ours to keep
-    return pid == os.getpid() or process_ended(pid)  # this process writes nothing while it sweeps
-
-
-def _os_fault(exc: BaseException) -> bool:
-    """An OSError, or an error caused by one (torch.save wraps a full disk in a RuntimeError)."""
-    while exc is not None and not isinstance(exc, WriteError):
-        if isinstance(exc, OSError):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def atomic_write(path, write) -> None:
-    """Create or replace ``path`` atomically; ``write(file)`` fills a temp file first.
-    A failed write (disk full, no permission) leaves the old file and raises WriteError
-    naming ``path``."""
-    path = Path(path)
-    tmp = _tmp_for(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        _discard(tmp)
-        if _os_fault(e):
-            raise WriteError(path, e) from None
-        raise
-    _fsync_dir(path.parent)
-
-
-def _discard(tmp: Path) -> None:
-    """Remove a temp file of a failed write, if it can be (a full disk may refuse even that)."""
-    try:
-        tmp.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 def atomic_save(obj, path) -> None:
     """``torch.save(obj)`` to ``path`` atomically."""
     atomic_write(path, lambda f: torch.save(obj, f))
 
-
-def atomic_json(obj, path) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2, default=str).encode()))
-
-
-def publish(src: Path, dst: Path) -> None:
-    """Make ``dst`` an atomic copy of the committed file ``src`` (a hard link if possible)."""
-    tmp = _tmp_for(dst)
-    try:
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except OSError as e:
-        _discard(tmp)
-        raise WriteError(dst, e) from None
-    _fsync_dir(dst.parent)
 
 
 def safe_load(path):
@@ -154,6 +62,21 @@ def load_checkpoint(path) -> dict:
     if ckpt["format_version"] > FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {ckpt['format_version']} is newer than this "
                               f"trainforge understands ({FORMAT_VERSION})")
+    return upgrade(ckpt)
+
+
+# format_version N -> a function turning a version-N checkpoint (dict) into version N + 1.
+# The policy (docs/run-directory.md): a newer trainforge loads every older version; a key
+# a later version renamed or restructured is migrated here, a component state an older
+# checkpoint lacks starts fresh with a warning; a checkpoint newer than the code is refused.
+MIGRATIONS: dict = {}
+
+
+def upgrade(ckpt: dict) -> dict:
+    """``ckpt`` migrated step by step to FORMAT_VERSION."""
+    while ckpt["format_version"] < FORMAT_VERSION:
+        ckpt = MIGRATIONS[ckpt["format_version"]](dict(ckpt))
+        ckpt["format_version"] += 1
     return ckpt
 
 
@@ -185,14 +108,17 @@ class CheckpointManager:
     plus the ``top_k`` best by metric are kept, and the index says which rule keeps each.
     """
 
-    def __init__(self, run_dir, save_freq=1, keep_last_n=3, top_k=0, monitor="val_loss", mode="min"):
-        self.run_dir = Path(run_dir)
+    def __init__(self, record, save_freq=1, keep_last_n=3, top_k=0, monitor="val_loss", mode="min"):
+        """``record``: the run's RunRecord (every rank keeps the tables; rank 0 alone writes),
+        or a run directory (a writer)."""
+        self.record = RunRecord.of(record)
+        self.run_dir = self.record.run_dir
         self.save_freq, self.keep_last_n, self.top_k = save_freq, keep_last_n, top_k
         self.monitor, self.mode = monitor, mode
         self.best = {"monitor": monitor, "mode": mode, "value": None, "epoch": None}
         self.entries: list[dict] = []  # epoch files: {"file", "epoch", "metric"}
         for tmp in [*self.run_dir.glob(".*.tmp"), *(self.run_dir / EPOCH_DIR).glob(".*.tmp")]:
-            if _writer_gone(tmp):
+            if writer_gone(tmp):
                 tmp.unlink(missing_ok=True)  # left by a writer killed mid-save; never a committed file
 
     # ---- state (the retention table travels inside each checkpoint) ----
@@ -225,12 +151,13 @@ class CheckpointManager:
         return payload
 
     def save_latest(self, objects: dict, extra: dict) -> Path:
-        path = self.run_dir / LATEST
-        atomic_save(self._payload(objects, extra), path)
-        return path
+        self.record.write(LATEST, lambda f: torch.save(self._payload(objects, extra), f))
+        return self.run_dir / LATEST
 
-    def save_epoch(self, epoch: int, metric, objects: dict, extra: dict, weights: dict) -> bool:
-        """Checkpoint the end of ``epoch`` (1-based). Returns True if it is the new best."""
+    def save_epoch(self, epoch: int, metric, objects: dict, extra: dict, weights) -> bool:
+        """Checkpoint the end of ``epoch`` (1-based). Returns True if it is the new best.
+        ``weights`` (or ``weights()``, computed only where it is written) is the model's
+        state_dict for best_model_weights.pt."""
         improved = metric is not None and self.is_better(metric)
         if improved:
             self.best.update(value=metric, epoch=epoch)
@@ -238,13 +165,12 @@ class CheckpointManager:
             name = f"{EPOCH_DIR}/checkpoint_epoch_{epoch:03d}.pth"
             self.entries = [e for e in self.entries if e["epoch"] != epoch]
             self.entries.append({"file": name, "epoch": epoch, "metric": metric})
-        latest = self.save_latest(objects, extra)  # carries best + entries already updated
+        self.save_latest(objects, extra)  # carries best + entries already updated
         if improved:
-            atomic_save(weights, self.run_dir / BEST_WEIGHTS)
-            publish(latest, self.run_dir / BEST)
+            self.record.write(BEST_WEIGHTS, lambda f: torch.save(weights() if callable(weights) else weights, f))
+            self.record.publish(LATEST, BEST)
         if self.entries and self.entries[-1]["epoch"] == epoch:
-            (self.run_dir / EPOCH_DIR).mkdir(exist_ok=True)
-            publish(latest, self.run_dir / self.entries[-1]["file"])
+            self.record.publish(LATEST, self.entries[-1]["file"])
         self._retain()
         return improved
 
@@ -262,10 +188,10 @@ class CheckpointManager:
         kept = [e for e in self.entries if rules[e["file"]]]
         for e in self.entries:
             if not rules[e["file"]]:
-                (self.run_dir / e["file"]).unlink(missing_ok=True)
+                self.record.remove(e["file"])
         self.entries = kept
         index = [{"file": LATEST, "rule": ["latest"]}]
         if (self.run_dir / BEST).is_file():
             index.append({"file": BEST, "epoch": self.best["epoch"], "metric": self.best["value"], "rule": ["best"]})
         index += [{**e, "rule": rules[e["file"]]} for e in kept]
-        atomic_json({"monitor": self.monitor, "mode": self.mode, "checkpoints": index}, self.run_dir / INDEX)
+        self.record.json(INDEX, {"monitor": self.monitor, "mode": self.mode, "checkpoints": index})

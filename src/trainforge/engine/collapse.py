@@ -1,17 +1,13 @@
 """Hooks of the VAE workflow: the loss's step-counted schedule and collapse detection."""
 from __future__ import annotations
 
-import csv
 import logging
-from pathlib import Path
 
-from trainforge.engine import distributed as dist
-from trainforge.engine.checkpoint import atomic_write
 from trainforge.engine.logging import LOGGER
+from trainforge.files import COLLAPSE_CSV, RunRecord
 from trainforge.engine.trainer import HookBase
 
 log = logging.getLogger(LOGGER)
-COLLAPSE_CSV = "collapse.csv"
 ACTIONS = ("warn", "stop")
 
 
@@ -38,18 +34,14 @@ class CollapseHook(HookBase):
     resumed run counts exactly as an uninterrupted one.
     """
 
-    def __init__(self, stats, run_dir, min_active_fraction=0.1, min_kl=0.1, patience=2, action="warn"):
-        self.stats, self.path = stats, Path(run_dir) / COLLAPSE_CSV
+    def __init__(self, stats, record, min_active_fraction=0.1, min_kl=0.1, patience=2, action="warn"):
+        self.stats, self.record = stats, RunRecord.of(record)  # the run's RunRecord, or a run dir
         self.min_active_fraction, self.min_kl, self.patience, self.action = \
             min_active_fraction, min_kl, patience, action
 
     def before_train(self) -> None:
         """A resumed run keeps the rows of the epochs its checkpoint covers, nothing after."""
-        if dist.is_main() and self.path.exists():
-            with open(self.path, newline="") as f:
-                rows = list(csv.reader(f))
-            keep = rows[:1] + [r for r in rows[1:] if int(r[0]) <= self.trainer.epoch]
-            atomic_write(self.path, lambda f: f.write(_csv(keep).encode()))
+        self.record.keep_rows(COLLAPSE_CSV, lambda r: int(r[0]) <= self.trainer.epoch)
 
     def low(self, val: dict) -> bool:
         return val.get("active_fraction", 1.0) < self.min_active_fraction or val.get("kl_total", 1e9) < self.min_kl
@@ -72,19 +64,7 @@ class CollapseHook(HookBase):
             t.request_stop(f"collapse.action=stop: {message}")
 
     def _write(self, epoch: int, step: int) -> None:
-        if not dist.is_main():
-            return
         per_dim = self.stats.per_dim
         rows = [[epoch, step, d, kl, var, int(act)]
                 for d, (kl, var, act) in enumerate(zip(per_dim["kl"], per_dim["var_mu"], per_dim["active"]))]
-        header = [] if self.path.exists() else [["epoch", "step", "dim", "kl", "var_mu", "active"]]
-        with open(self.path, "a", newline="") as f:
-            csv.writer(f).writerows(header + rows)
-
-
-def _csv(rows: list) -> str:
-    import io
-
-    buf = io.StringIO()
-    csv.writer(buf).writerows(rows)
-    return buf.getvalue()
+        self.record.append_rows(COLLAPSE_CSV, rows, header=["epoch", "step", "dim", "kl", "var_mu", "active"])

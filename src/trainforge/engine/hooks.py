@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import torch
 
-from trainforge.engine import distributed as dist
+from trainforge.distributed import group as dist
 from trainforge.engine.checkpoint import CheckpointManager, LATEST
 from trainforge.engine.logging import (LOGGER, BatchCSV, batch_file_writer, batch_line, epoch_block, flatten,
                                       flush_handlers, write_epoch_files)
 from trainforge.engine.rng import RNGState
 from trainforge.engine.trainer import HookBase, to_device
+from trainforge.files import RunRecord
 
 log = logging.getLogger(LOGGER)
 
@@ -63,10 +63,9 @@ class LoggingHook(HookBase):
     earlier hooks join the epoch record (peak GPU memory).
     """
 
-    def __init__(self, run_dir, interval=1, progress=True, batch_metrics=False):
-        self.run_dir, self.interval, self.progress = Path(run_dir), interval, progress
+    def __init__(self, record, interval=1, progress=True, batch_metrics=False):
+        self.record, self.interval, self.progress = RunRecord.of(record), interval, progress  # or a run dir
         self.batch_metrics, self.batch_csv = batch_metrics, None
-        self.main = dist.is_main()  # rank 0 alone writes files
         self.sinks: list = []
         self.extra: dict = {}
         self.first = 1
@@ -74,14 +73,14 @@ class LoggingHook(HookBase):
 
     def before_train(self) -> None:
         t = self.trainer
-        if self.batch_metrics and self.main:
+        if self.batch_metrics:
             names = ["loss", *t.component_names, "grad_norm"]
-            self.batch_csv = BatchCSV(self.run_dir / "batch_metrics.csv", ["epoch", "batch", "step", *names, "lr"])
+            self.batch_csv = BatchCSV(self.record, ["epoch", "batch", "step", *names, "lr"])
             self.batch_csv.truncate_after(t.epoch + 1, t.batch_in_epoch)
         self.last_lr = t.optimizer.param_groups[0]["lr"]
         self.file_only = batch_file_writer()
-        if (t.history or t.batch_in_epoch) and self.main:  # resumed: the files restart from the checkpoint's history
-            write_epoch_files(self.run_dir, t.history)
+        if t.history or t.batch_in_epoch:  # resumed: the files restart from the checkpoint's history
+            write_epoch_files(self.record, t.history)
 
     def before_epoch(self) -> None:
         self.start = time.perf_counter()
@@ -117,8 +116,7 @@ class LoggingHook(HookBase):
         times = [r["epoch_time"] for r in t.history]
         eta = sum(times) / len(times) * (t.epochs - t.epoch - 1)
         log.info(epoch_block(record, t.epochs, eta))
-        if self.main:
-            write_epoch_files(self.run_dir, t.history)
+        write_epoch_files(self.record, t.history)
         if self.batch_csv is not None:
             self.batch_csv.flush()
 
@@ -139,6 +137,27 @@ class PlateauHook(HookBase):
     def after_epoch(self) -> None:
         t = self.trainer
         t.scheduler.observe(flatten(t.history[-1]))
+
+
+def component_states(trainer) -> dict:
+    """The components that keep their own state in the checkpoint: every hook, and the
+    loss, with a ``state_key`` and ``state_dict()`` / ``load_state_dict()`` (early stopping,
+    EMA weights, ...). Saved under ``state_key``; a checkpoint without it (an older one)
+    restores the component fresh, with a warning naming it."""
+    found = {}
+    for part in (*trainer.hooks, trainer.loss_fn):
+        key = getattr(part, "state_key", None)
+        if key:
+            if key in found or key in RESERVED_KEYS:
+                raise ValueError(f"state_key {key!r} of {type(part).__name__}: already a checkpoint key")
+            found[key] = part
+    return found
+
+
+# the checkpoint's own keys (docs/run-directory.md): a component's state_key must be another
+RESERVED_KEYS = ("format_version", "epoch", "step", "batch_in_epoch", "model", "optimizer", "scheduler", "scaler",
+                 "rng", "sampler", "epoch_stats", "best", "history", "retention", "config", "overrides", "time",
+                 "world_size")
 
 
 class CheckpointHook(HookBase):
@@ -162,6 +181,7 @@ class CheckpointHook(HookBase):
                 "scaler": t.precision, "rng": RNGState.gathered() if saving else RNGState()}
         if not self.save_optimizer:
             del objs["optimizer"]
+        objs.update(component_states(t))
         return objs
 
     def extra(self) -> dict:
@@ -214,9 +234,7 @@ class CheckpointHook(HookBase):
         if not self.safe():
             return False
         self.trainer.flush()
-        objects = self.objects()
-        if dist.is_main():
-            self.manager.save_latest(objects, self.extra())
+        self.manager.save_latest(self.objects(), self.extra())
         self.saved_step = self.trainer.step
         return True
 
@@ -228,11 +246,9 @@ class CheckpointHook(HookBase):
         self.trainer.flush()
         monitor = self.manager.monitor
         metric = flatten(t.history[-1]).get(monitor)
-        objects = self.objects()
-        if dist.is_main():
-            weights = {k: v.detach().cpu() for k, v in dist.unwrap(t.model).state_dict().items()}
-            if self.manager.save_epoch(t.epoch + 1, metric, objects, self.extra(), weights):
-                log.info("New best %s %.6f at epoch %d: saved best_model.pth", monitor, metric, t.epoch + 1)
+        weights = lambda: {k: v.detach().cpu() for k, v in dist.unwrap(t.model).state_dict().items()}  # noqa: E731
+        if self.manager.save_epoch(t.epoch + 1, metric, self.objects(), self.extra(), weights):
+            log.info("New best %s %.6f at epoch %d: saved best_model.pth", monitor, metric, t.epoch + 1)
         self.saved_step = t.step
 
     @property
@@ -259,7 +275,7 @@ class PreemptionHook(HookBase):
         on gets a checkpoint and PREEMPTED, even before the first step."""
         import threading
 
-        from trainforge import signals
+        from trainforge.distributed import signals
 
         if self.armed or threading.current_thread() is not threading.main_thread():
             return

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainforge.engine.checkpoint import atomic_json, atomic_write
+from trainforge.files import BATCH_CSV, EPOCH_CSV, METRICS_JSON, RunRecord
 from trainforge.errors import WriteError
 
 LOGGER = "trainforge"
@@ -219,16 +219,16 @@ def flatten(record: dict) -> dict:
     return row
 
 
-def write_epoch_files(run_dir, history: list) -> None:
-    """Rewrite ``epoch_metrics.csv`` and ``metrics.json`` from the whole history (atomic).
+def write_epoch_files(record, history: list) -> None:
+    """Rewrite ``epoch_metrics.csv`` and ``metrics.json`` from the whole history (atomic),
+    through the run's ``RunRecord`` (nothing off rank 0).
 
     Rewriting keeps both files exactly equal to the checkpointed history, also after a
     resume; the cost is a few kB per epoch.
     """
-    run_dir = Path(run_dir)
-    text = table_csv([flatten(r) for r in history])
-    atomic_write(run_dir / "epoch_metrics.csv", lambda f: f.write(text.encode()))
-    atomic_json(history, run_dir / "metrics.json")
+    record = RunRecord.of(record)
+    record.text(EPOCH_CSV, table_csv([flatten(r) for r in history]))
+    record.json(METRICS_JSON, history)
 
 
 def table_csv(rows: list) -> str:
@@ -241,40 +241,22 @@ def table_csv(rows: list) -> str:
 
 
 class BatchCSV:
-    """``batch_metrics.csv``: one row per batch, appended; buffered, flushed per epoch."""
+    """``batch_metrics.csv``: one row per batch, appended through the run's ``RunRecord``;
+    buffered, flushed per epoch."""
 
-    def __init__(self, path, columns: list):
-        self.path, self.columns = Path(path), columns
+    def __init__(self, record, columns: list):
+        self.record, self.columns = RunRecord.of(record), columns
         self.rows: list = []
-        if not self.path.exists():
-            self._append([columns], "w")
+        self.record.append_rows(BATCH_CSV, [], header=columns)
 
     def add(self, row: list) -> None:
         self.rows.append(row)
 
     def flush(self) -> None:
         if self.rows:
-            self._append(self.rows, "a")
+            self.record.append_rows(BATCH_CSV, self.rows)
             self.rows = []
-
-    def _append(self, rows: list, mode: str) -> None:
-        try:
-            with open(self.path, mode, newline="") as f:
-                csv.writer(f).writerows(rows)
-        except OSError as e:
-            raise WriteError(self.path, e) from None
 
     def truncate_after(self, epoch: int, batch: int) -> None:
         """Drop rows past (epoch, batch), 1-based, so a resume appends each batch once."""
-        if not self.path.exists():
-            return
-        with open(self.path, newline="") as f:
-            rows = list(csv.reader(f))
-        keep = [rows[0]] + [r for r in rows[1:] if (int(r[0]), int(r[1])) <= (epoch, batch)]
-        atomic_write(self.path, lambda f: f.write(_csv_text(keep).encode()))
-
-
-def _csv_text(rows: list) -> str:
-    buf = io.StringIO()
-    csv.writer(buf).writerows(rows)
-    return buf.getvalue()
+        self.record.keep_rows(BATCH_CSV, lambda r: (int(r[0]), int(r[1])) <= (epoch, batch))

@@ -22,7 +22,7 @@ class RNGState:
     @classmethod
     def gathered(cls):
         """Every rank's state (a collective: all ranks call it); the plain view at world size 1."""
-        from trainforge.engine import distributed as dist
+        from trainforge.distributed import group as dist
 
         if dist.world_size() == 1:
             return cls()
@@ -44,7 +44,7 @@ class RNGState:
 
     def load_state_dict(self, state: dict) -> None:
         if "ranks" in state:  # a multi-rank checkpoint: this rank's own (forced resume at another size: wrap)
-            from trainforge.engine import distributed as dist
+            from trainforge.distributed import group as dist
 
             state = state["ranks"][dist.rank() % len(state["ranks"])]
         py = state["python"]

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainforge.errors import ConfigError
 
 SCHEDULES = ("constant", "linear", "cyclical")
 
@@ -64,15 +63,17 @@ class ELBOLoss(nn.Module):
     def __init__(self, beta=0.1, schedule="linear", warmup_steps=0, cycle_steps=1000, cycle_ratio=0.5,
                  free_bits=0.0, recon_weight=1.0, cls_weight=1.0, pos_weight=None):
         super().__init__()
+        # plain errors naming the argument: the config door checks these keys first (ELBOConf),
+        # and build's blame() names the config key of anything that reaches here
         if schedule not in SCHEDULES:
-            raise ConfigError(f"loss.schedule={schedule}: allowed values are {', '.join(SCHEDULES)}")
+            raise ValueError(f"schedule {schedule!r}: allowed values are {', '.join(SCHEDULES)}")
         for key, value in (("beta", beta), ("warmup_steps", warmup_steps), ("free_bits", free_bits),
                            ("recon_weight", recon_weight), ("cls_weight", cls_weight)):
             if value < 0:
-                raise ConfigError(f"loss.{key}={value}: must be >= 0")
+                raise ValueError(f"{key} {value}: must be >= 0")
         if cycle_steps < 1 or not 0.0 < cycle_ratio <= 1.0:
-            raise ConfigError(f"loss.cycle_steps={cycle_steps}, loss.cycle_ratio={cycle_ratio}: need "
-                              "cycle_steps >= 1 and 0 < cycle_ratio <= 1")
+            raise ValueError(f"cycle_steps {cycle_steps}, cycle_ratio {cycle_ratio}: need cycle_steps >= 1 and "
+                             "0 < cycle_ratio <= 1")
         self.schedule = (beta, schedule, warmup_steps, cycle_steps, cycle_ratio)
         self.free_bits, self.recon_weight, self.cls_weight, self.pos_weight = \
             free_bits, recon_weight, cls_weight, pos_weight

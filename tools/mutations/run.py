@@ -1,0 +1,131 @@
+"""Break one promise at a time and check that the test meant to catch it fails.
+
+    python tools/mutations/run.py [NAME ...]      # default: every mutation below
+
+Each ``NAME.patch`` here changes ``src/`` in one place (a README promise broken on
+purpose). For each, the script copies ``src/`` to a temp folder, applies the patch there
+(the checkout is never touched), and runs only the tests listed for it with
+``PYTHONPATH`` pointing at the copy (the ``train.py`` subprocesses inherit it). A
+mutation is *caught* when those tests fail. Not part of the default test run; the
+patches are made against the code of issue 14 and may need refreshing after refactors
+(a patch that no longer applies is reported as such, not as caught).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+P, D, C = "tests/test_promises.py", "tests/test_data_promises.py", "tests/test_config.py"
+L, O, D0 = "tests/test_losses_metrics.py", "tests/test_optimization.py", "tests/test_data.py"
+
+# mutation -> the tests that must fail with it
+CATCHERS = {
+    "rng_restore_skipped": [f"{P}::test_resume_restores_the_global_rng_that_dropout_draws_from"],
+    "retention_before_save": [f"{P}::test_a_save_that_fails_deletes_no_older_checkpoint"],
+    "nonfinite_guard_always_saves": [f"{P}::test_nan_mid_epoch_with_a_checkpoint_every_step_keeps_the_last_good_one"],
+    "fp16_no_unscale_before_clip": [f"{P}::test_fp16_gradients_are_unscaled_before_clipping"],
+    "autocast_disabled": [f"{P}::test_autocast_runs_the_model_in_the_chosen_dtype"],
+    "drift_model_allowed": [f"{P}::test_drift_in_model_optimizer_devices_or_accumulation_is_refused"],
+    "drift_optimizer_type_allowed": [f"{P}::test_drift_in_model_optimizer_devices_or_accumulation_is_refused"],
+    "drift_devices_allowed": [f"{P}::test_drift_in_model_optimizer_devices_or_accumulation_is_refused"],
+    "drift_grad_accum_allowed": [f"{P}::test_drift_in_model_optimizer_devices_or_accumulation_is_refused"],
+    "sigint_not_handled": [f"{P}::test_sigint_and_sigusr1_save_and_exit_75"],
+    "second_signal_caught": [f"{P}::test_a_second_signal_of_the_same_kind_is_not_caught"],
+    "no_fallback_to_best": [f"{P}::test_resume_falls_back_to_best_model_when_the_others_are_invalid"],
+    "cosine_not_stretched": [f"{P}::test_cosine_stretches_when_epochs_change_on_resume_and_warmup_rounds"],
+    "fractional_epochs_floor": [f"{C}::test_scheduler_option_gives_its_lr_at_each_step",
+                                f"{P}::test_cosine_stretches_when_epochs_change_on_resume_and_warmup_rounds"],
+    "skip_freezes_schedule": [f"{P}::test_skip_makes_no_update_and_the_schedule_still_advances"],
+    "auto_bf16_on_any_gpu": [f"{P}::test_precision_auto_picks_bf16_only_on_gpus_that_support_it"],
+    "per_sample_reads": [f"{D}::test_training_loader_reads_each_batch_with_one_read_per_array"],
+    "shm_key_ignores_content": [f"{D}::test_shared_copy_follows_the_file_content"],
+    "focal_alpha_swapped": [f"{L}::test_focal_loss_matches_the_published_formula", f"{C}::test_loss_option_gives_its_value_on_a_fixed_input"],
+    "dice_metric_wrong": [f"{L}::test_dice_and_iou_equal_sklearn_f1_and_jaccard_over_batches"],
+    "accuracy_last_batch_only": [f"{L}::test_accuracy_equals_sklearn_for_class_and_binary_logits"],
+    "per_step_stack": ["tests/test_perf.py::test_step_bookkeeping_launches_under_one_kernel_per_step_and_one_more_for_any_components"],
+    "components_by_reference": ["tests/test_perf.py::test_a_component_changed_in_place_after_its_step_is_logged_as_it_was"],
+    "hydra_record_overwritten": ["tests/test_train_cli.py::test_existing_run_directory_is_never_overwritten",
+                                 "tests/test_progress.py::test_piped_lines_tensorboard_and_resume"],
+    "refused_run_dir_kept": ["tests/test_door.py::test_a_refused_run_leaves_no_empty_run_directory"],
+    "sweep_live_writers_temp": ["tests/test_checkpoint.py::test_sweep_removes_temp_files_of_ended_writers_and_keeps_a_live_writers"],
+    # a review's mutations that the suite missed, each with the test written for it
+    **dict.fromkeys(["best_ignores_mode", "top_k_ignores_mode", "keep_all_keeps_none", "save_freq_off_by_one",
+                     "best_weights_every_epoch"],
+                    ["tests/test_checkpoint.py::test_best_follows_the_mode_and_epoch_files_follow_save_freq_and_keep_all"]),
+    **dict.fromkeys(["val_loss_unweighted", "val_in_train_mode"],
+                    [f"{O}::test_validation_is_the_sample_weighted_mean_in_eval_mode"]),
+    "plateau_state_dropped": [f"{O}::test_plateau_reduces_after_patience_decided_after_validation_and_resumes_its_count"],
+    "sampler_ignores_epoch": [f"{D0}::test_sampler_splits_ranks_skips_in_place_and_buckets_deterministically"],
+    "seed_ignored": [f"{O}::test_seed_sets_the_initial_weights_and_the_batch_order"],
+    **dict.fromkeys(["grad_norm_wrong_windows", "optimizer_always_saved"],
+                    [f"{O}::test_epoch_grad_norm_is_the_mean_of_its_measured_windows"]),
+    **dict.fromkeys(["analysis_best_ignores_mode", "analysis_gap_2x"],
+                    ["tests/test_analyze.py::test_warnings_name_rising_loss_nonfinite_steps_and_a_train_val_gap"]),
+    "loss_min_max_swapped": ["tests/test_analyze.py::test_run_plots_hold_the_csv_values_and_summary_names_best_epoch"],
+    "summary_without_final_val": ["tests/test_sweep_launcher.py::"
+                                  "test_a_failing_job_is_reported_the_others_complete_and_the_sweep_exits_nonzero"],
+    "resumed_stdout_from_batch_1": ["tests/test_resume.py::test_sigterm_mid_epoch_saves_marks_preempted_and_resumes_exactly"],
+    "signal_before_first_step_unhandled": ["tests/test_resume.py::"
+                                           "test_sigterm_as_soon_as_the_run_is_marked_running_saves_and_resumes_exactly"],
+    "rank_start_signal_fatal": ["tests/test_ddp.py::test_two_ranks_resume_exactly_also_after_sigterm_to_the_parent"],
+    "shm_key_ignores_keys": [f"{D}::test_shared_copy_of_other_keys_or_dtypes_of_one_file_is_another_copy"],
+    "collapse_streak_not_consecutive": ["tests/test_seqsetvae.py::test_collapse_counts_low_validations_in_a_row"],
+    "eta_counts_finished_epoch": ["tests/test_train_cli.py::test_interval_stdout_every_batch_in_log_and_cosine_lr"],
+    **dict.fromkeys(["sweep_threads_ignore_parallel_jobs", "sweep_overrides_user_threads"],
+                    ["tests/test_sweep_launcher.py::test_jobs_per_gpu_packs_two_jobs_on_one_id_and_they_share_the_cores"]),
+    "summary_csv_without_gpu_ids": ["tests/test_sweep_launcher.py::"
+                                    "test_fake_pool_one_id_per_job_two_at_once_and_a_true_queue"],
+    "sweep_exit0_with_unfinished_jobs": ["tests/test_sweep_launcher.py::"
+                                         "test_a_failing_job_is_reported_the_others_complete_and_the_sweep_exits_nonzero"],
+    **dict.fromkeys(["ddp_rng_rank0_for_all", "collapse_csv_written_by_every_rank"],
+                    ["tests/test_ddp.py::"
+                     "test_seqsetvae_on_two_ranks_resumes_each_ranks_random_stream_and_rank_0_alone_writes"]),
+    "ddp_accum_never_allreduces": ["tests/test_ddp.py::test_two_ranks_equal_one_process_with_the_global_batch"],
+    "ddp_parent_forwards_repeats": ["tests/test_sweep_launcher.py::test_hangup_of_a_sweep_of_ddp_jobs_lets_their_ranks_save"],
+    "analysis_ranks_unfinished": ["tests/test_analyze.py::test_only_completed_jobs_are_ranked"],
+    "sweep_record_rewritten": ["tests/test_sweep_launcher.py::test_jobs_per_gpu_packs_two_jobs_on_one_id_and_they_share_the_cores"],
+    "no_flush_before_save": ["tests/test_resume.py::test_training_log_holds_every_batch_line_a_checkpoint_covers"],
+    **dict.fromkeys(["clip_grad_zero_allowed", "compile_backend_unchecked_when_off"],
+                    ["tests/test_door.py::test_table_of_bad_inputs_each_refused_in_one_line"]),
+    "combination_unchecked": ["tests/test_door.py::"
+                              "test_every_data_model_loss_combination_trains_a_step_or_is_refused_at_the_door"],
+    "progress_percent_zero_based": ["tests/test_train_cli.py::test_interval_stdout_every_batch_in_log_and_cosine_lr"],
+}
+
+
+def run_one(name: str, tests: list) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copytree(ROOT / "src", Path(tmp) / "src")
+        applied = subprocess.run(["patch", "-p1", "-s", "-d", tmp, "-i", str(HERE / f"{name}.patch")],
+                                 capture_output=True, text=True)
+        if applied.returncode:
+            return f"patch does not apply ({applied.stdout.strip() or applied.stderr.strip()})"
+        env = dict(os.environ, PYTHONPATH=str(Path(tmp) / "src"))
+        start = time.time()
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                               "-m", "slow or not slow", *tests],  # a catcher may be a slow test
+                              cwd=ROOT, env=env, capture_output=True, text=True)
+        failed = [ln.split(" - ")[0] for ln in proc.stdout.splitlines() if ln.startswith("FAILED")]
+        took = f"{time.time() - start:.0f}s"
+        return f"caught by {', '.join(failed)} ({took})" if proc.returncode else f"NOT CAUGHT ({took})"
+
+
+def main() -> int:
+    names = sys.argv[1:] or list(CATCHERS)
+    missed = 0
+    for name in names:
+        verdict = run_one(name, CATCHERS[name])
+        missed += not verdict.startswith("caught")
+        print(f"{name:32} {verdict}", flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
