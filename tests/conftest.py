@@ -81,7 +81,7 @@ def train_here(data_dir, monkeypatch):
 
 
 def contract(run_dir, batch_metrics=False) -> list:
-    """Shortfalls of a run directory against DESIGN.md sections 3-5 (tests/contract.py)."""
+    """Shortfalls of a run directory against docs/run-directory.md (tests/contract.py)."""
     from contract import shortfalls
 
     return shortfalls(run_dir, batch_metrics)

@@ -1,4 +1,4 @@
-"""The run-directory contract (DESIGN.md sections 3-5), checked by the project's own code.
+"""The run-directory contract (docs/run-directory.md), checked by the project's own code.
 
 ``shortfalls(run_dir, batch_metrics=False)`` returns one line per way ``run_dir`` falls
 short of the contract (an empty list when it meets it): the files a finished run holds,
@@ -105,7 +105,7 @@ def _checkpoint(path: Path) -> list:
 
 
 def shortfalls(run_dir, batch_metrics: bool = False) -> list:
-    """Every way ``run_dir`` (a finished run) falls short of DESIGN.md sections 3-5."""
+    """Every way ``run_dir`` (a finished run) falls short of docs/run-directory.md."""
     run = Path(run_dir)
     need = FILES + (["batch_metrics.csv"] if batch_metrics else [])
     bad = [f"missing {name}" for name in need if not (run / name).exists()]

@@ -149,7 +149,7 @@ def test_a_run_record_off_rank_0_writes_nothing(tmp_path):
 def test_docs_name_no_file_the_code_does_not(tmp_path):
     """Every backticked run-directory file name on the page is one files.py names."""
     names = set(re.findall(r"`([\w.]+\.(?:json|csv|log|yaml|pth|pt))`", DOC))
-    known = {n for n in files.RUN_DIR_FILES} | {"index.json", "checkpoint_epoch_NNN.pth", "summary.csv",
-                                               "hydra.yaml", "overrides.yaml"}
+    known = {n for n in files.RUN_DIR_FILES} | {"index.json", "checkpoint_epoch_NNN.pth", "hydra.yaml",
+                                               "overrides.yaml", "summary.csv", "multirun.yaml"}  # (a sweep's root)
     assert names <= known, names - known
     assert Path(files.INDEX).name == "index.json"

@@ -1,4 +1,4 @@
-"""Log lines and metric files of a run directory (DESIGN.md section 4).
+"""Log lines and metric files of a run directory (docs/run-directory.md: Log lines).
 
 Messages go through the Python logger ``trainforge``: ``training.log`` gets every record
 with a timestamp; stdout gets the records not marked ``console=False`` (batch lines off

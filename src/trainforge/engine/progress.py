@@ -1,7 +1,7 @@
 """What stdout shows while training: a progress bar on a terminal, batch lines otherwise.
 
 ``log.progress`` picks the mode (``config.progress_mode`` checks it): ``auto`` is a bar
-when stdout is a terminal and the plain batch lines of DESIGN.md section 4 when it is
+when stdout is a terminal and the plain batch lines of docs/run-directory.md (Log lines) when it is
 not (nohup, tee, sweep jobs, CI); ``bar``, ``lines`` and ``false`` force one. The lines
 themselves are LoggingHook's; ``training.log`` gets every batch line in every mode.
 """
