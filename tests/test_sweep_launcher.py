@@ -296,9 +296,11 @@ def test_sigterm_stops_every_job_and_the_rerun_finishes_the_sweep(env, tmp_path)
 def test_a_rerun_with_other_overrides_is_refused(env, tmp_path):
     (tmp_path / "sweep/0/.hydra").mkdir(parents=True)
     (tmp_path / "sweep/0/.hydra/overrides.yaml").write_text("- seed=7\n")
+    record = '{"status": "COMPLETED", "epoch": 1}'  # the job directory holds a run (one holding none is redone)
+    (tmp_path / "sweep/0/status.json").write_text(record)
     proc = sweep(env, tmp_path, *ONE, "seed=1")
     assert proc.returncode == 2 and "job 0 there ran 'seed=7'" in proc.stderr
-    assert not (tmp_path / "sweep/0/status.json").exists()
+    assert (tmp_path / "sweep/0/status.json").read_text() == record
 
 
 # ---- timeouts and preemption: a requeued job resumes --------------------------------------------
