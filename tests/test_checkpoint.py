@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from trainforge.engine.checkpoint import CheckpointManager, atomic_save, load_checkpoint
-from trainforge.errors import CheckpointError
+from trainforge.errors import CheckpointError, WriteError
 
 
 def good_ckpt(value: float) -> dict:
@@ -148,3 +148,22 @@ def test_sweep_removes_temp_files_of_ended_writers_and_keeps_a_live_writers(tmp_
     finally:
         live.kill()
         live.wait()
+
+
+# ---- retention deletes old epoch files only after the new checkpoint is committed ----
+def test_a_save_that_fails_deletes_no_older_checkpoint(tmp_path, monkeypatch):
+    import os
+
+    mgr = CheckpointManager(tmp_path, save_freq=1, keep_last_n=1, monitor="val_loss", mode="min")
+    mgr.save_epoch(1, 0.5, {}, {"model": {}, "epoch": 1}, {"w": torch.zeros(1)})
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)  # nothing new can be committed
+    with pytest.raises(WriteError, match="No space left"):
+        mgr.save_epoch(2, 0.4, {}, {"model": {}, "epoch": 2}, {"w": torch.ones(1)})
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "checkpoints/checkpoint_epoch_001.pth")["epoch"] == 1
+    index = json.loads((tmp_path / "checkpoints/index.json").read_text())
+    assert "checkpoints/checkpoint_epoch_001.pth" in [e["file"] for e in index["checkpoints"]]

@@ -29,6 +29,7 @@ def losses(run):
         return [row["loss"] for row in csv.DictReader(f)]
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it
 def test_workers_preload_and_shared_memory_give_identical_losses(train, tmp_path, monkeypatch):
     monkeypatch.setenv("TRAINFORGE_SHM_DIR", str(tmp_path / "shm"))
     variants = {"w0_preload": ["data.num_workers=0", "data.preload=true"],
@@ -212,6 +213,7 @@ def test_sampler_splits_ranks_skips_in_place_and_buckets_deterministically():
 
 
 # ---- real data ------------------------------------------------------------------------
+@pytest.mark.slow  # CI time: .ci/run runs it
 def test_digits_experiment_reaches_97_percent(train, tmp_path, data_dir):
     run = tmp_path / "digits"
     train("experiment=digits", "log.progress=false", f"hydra.run.dir={run}")

@@ -66,6 +66,7 @@ def assert_matches(ref: Path, run: Path, tol: float = 1e-5) -> None:
     assert len(batch_lines(run)) == len(batch_lines(ref))  # one log, each batch once (rank 0 only)
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it
 def test_two_ranks_equal_one_process_with_the_global_batch(train, train_here, env, tmp_path):
     one, spawned = tmp_path / "one", tmp_path / "spawned"
     train_here(one, *DET, "trainer.epochs=1", "data.batch_size=16")  # the one-process reference, in this process
@@ -110,6 +111,7 @@ def wait_for_line(log: Path, proc, text: str, timeout=240) -> str:
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it
 def test_two_ranks_resume_exactly_also_after_sigterm_to_the_parent(train, env, tmp_path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     args = [*DET, "data.num_samples=320", "data.batch_size=8", "trainer.devices=2"]  # 16 batches a rank

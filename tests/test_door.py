@@ -398,6 +398,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it
 def test_full_disk_mid_run_names_the_file_and_the_checkpoint_to_resume(env, small_disk, train):
     import json
     import os

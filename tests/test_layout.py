@@ -148,3 +148,18 @@ def test_files_and_functions_stay_short(root):
     assert not long_files, long_files
     assert not long_functions, long_functions
     assert p90 <= 25, f"p90 of function lengths is {p90}"
+
+
+@pytest.mark.slow
+def test_a_wheel_carries_every_config(tmp_path):
+    """The configs are package data: a wheel holds each YAML of src/trainforge/conf."""
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(SRC.parent)], check=True, capture_output=True, timeout=300)
+    wheel = next(tmp_path.glob("trainforge-*.whl"))
+    held = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("trainforge/conf/")}
+    wanted = {f"trainforge/{p.relative_to(PKG).as_posix()}" for p in (PKG / "conf").rglob("*.yaml")}
+    assert wanted and wanted <= held, sorted(wanted - held)

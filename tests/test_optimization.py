@@ -94,6 +94,7 @@ def test_schedule_counts_optimizer_steps_not_batches(train_here, tmp_path):
         assert math.isclose(float(row["lr"]), BASE * (1 + math.cos(math.pi * s / (total - 1))) / 2, rel_tol=1e-9)
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it
 def test_plateau_reduces_after_patience_decided_after_validation_and_resumes_its_count(train_here, tmp_path):
     run, resumed = tmp_path / "plateau", tmp_path / "resumed"
     args = [*SMALL, "scheduler=plateau", "scheduler.patience=1", "scheduler.factor=0.5", "optimizer=sgd",

@@ -74,7 +74,8 @@ def start(env, tmp_path, *args):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("workers", [pytest.param(0, marks=pytest.mark.slow), 2])  # CI time: [2] runs by default
+@pytest.mark.slow  # CI time: .ci/run runs both
+@pytest.mark.parametrize("workers", [0, 2])
 def test_sigkill_at_any_moment_then_resume_auto_is_exact(train, train_here, env, tmp_path, workers):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     args = [*LONG, "trainer.epochs=2", f"data.num_workers={workers}"]
@@ -90,6 +91,7 @@ def test_sigkill_at_any_moment_then_resume_auto_is_exact(train, train_here, env,
     assert_same_run(straight, killed)
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it
 def test_sigterm_mid_epoch_saves_marks_preempted_and_resumes_exactly(train, train_here, env, tmp_path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     args = [*DET, "data.num_samples=800", "trainer.epochs=2"]
@@ -117,6 +119,7 @@ def test_sigterm_mid_epoch_saves_marks_preempted_and_resumes_exactly(train, trai
     assert shown == [(1, b) for b in sorted({first, *range(20, 41, 20)}) if b >= first] + [(2, 1), (2, 20), (2, 40)]
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it
 def test_sigterm_as_soon_as_the_run_is_marked_running_saves_and_resumes_exactly(train, train_here, env, tmp_path):
     """From the moment status.json says RUNNING, a stop signal ends in PREEMPTED with a checkpoint,
     even before the first step (TensorBoard's import widens the time before it)."""

@@ -164,6 +164,7 @@ def test_gpus_per_job_gives_each_job_its_own_ids(env, tmp_path):
 
 
 # ---- AC3: a failing job -------------------------------------------------------------------
+@pytest.mark.slow  # CI time: .ci/run runs it
 def test_a_failing_job_is_reported_the_others_complete_and_the_sweep_exits_nonzero(env, tmp_path):
     """Jobs 1 and 3 fail in their first step (NaN images: a non-finite loss); job 2 is stopped
     by a signal of its own (not the sweep's): all three count as not completed."""
@@ -240,6 +241,7 @@ def test_a_sweep_refused_before_any_job_leaves_no_directory(env, tmp_path):
 
 
 # ---- AC4: SIGTERM on the parent, then the same sweep again -------------------------------------
+@pytest.mark.slow  # CI time: .ci/run runs it
 def test_hangup_of_a_sweep_of_ddp_jobs_lets_their_ranks_save(env, tmp_path):
     """SIGHUP (a closed terminal) stops a sweep as SIGTERM does (it left the jobs running
     unsupervised). The sweep repeats its SIGTERM to the jobs every 2 s for jobs still starting;

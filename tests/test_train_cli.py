@@ -23,6 +23,7 @@ def rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it
 def test_interval_stdout_every_batch_in_log_and_cosine_lr(train, tmp_path):
     run = tmp_path / "run"
     proc = train("scheduler=cosine", "log.interval=20", "trainer.epochs=3", "data.num_samples=800",
@@ -113,6 +114,7 @@ def test_existing_run_directory_is_never_overwritten(train, train_here, tmp_path
     assert after == before
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it
 def test_default_experiment_reaches_dice_0_8(train, tmp_path):
     """The README's `python train.py`, untouched but for its run dir: Dice >= 0.8."""
     run = tmp_path / "default"

@@ -22,30 +22,30 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-P, D, C = "tests/test_promises.py", "tests/test_data_promises.py", "tests/test_config.py"
+C = "tests/test_config.py"
 L, O, D0 = "tests/test_losses_metrics.py", "tests/test_optimization.py", "tests/test_data.py"
 
 # mutation -> the tests that must fail with it
 CATCHERS = {
-    "rng_restore_skipped": [f"{P}::test_resume_restores_the_global_rng_that_dropout_draws_from"],
-    "retention_before_save": [f"{P}::test_a_save_that_fails_deletes_no_older_checkpoint"],
-    "nonfinite_guard_always_saves": [f"{P}::test_nan_mid_epoch_with_a_checkpoint_every_step_keeps_the_last_good_one"],
-    "fp16_no_unscale_before_clip": [f"{P}::test_fp16_gradients_are_unscaled_before_clipping"],
-    "autocast_disabled": [f"{P}::test_autocast_runs_the_model_in_the_chosen_dtype"],
-    "drift_model_allowed": [f"{P}::test_drift_in_model_optimizer_devices_or_accumulation_is_refused"],
-    "drift_optimizer_type_allowed": [f"{P}::test_drift_in_model_optimizer_devices_or_accumulation_is_refused"],
-    "drift_devices_allowed": [f"{P}::test_drift_in_model_optimizer_devices_or_accumulation_is_refused"],
-    "drift_grad_accum_allowed": [f"{P}::test_drift_in_model_optimizer_devices_or_accumulation_is_refused"],
-    "sigint_not_handled": [f"{P}::test_sigint_and_sigusr1_save_and_exit_75"],
-    "second_signal_caught": [f"{P}::test_a_second_signal_of_the_same_kind_is_not_caught"],
-    "no_fallback_to_best": [f"{P}::test_resume_falls_back_to_best_model_when_the_others_are_invalid"],
-    "cosine_not_stretched": [f"{P}::test_cosine_stretches_when_epochs_change_on_resume_and_warmup_rounds"],
+    "rng_restore_skipped": ["tests/test_resume_state.py::test_resume_restores_the_global_rng_that_dropout_draws_from"],
+    "retention_before_save": ["tests/test_checkpoint.py::test_a_save_that_fails_deletes_no_older_checkpoint"],
+    "nonfinite_guard_always_saves": ["tests/test_nonfinite.py::test_nan_mid_epoch_with_a_checkpoint_every_step_keeps_the_last_good_one"],
+    "fp16_no_unscale_before_clip": ["tests/test_precision.py::test_fp16_gradients_are_unscaled_before_clipping"],
+    "autocast_disabled": ["tests/test_precision.py::test_autocast_runs_the_model_in_the_chosen_dtype"],
+    "drift_model_allowed": ["tests/test_resume_state.py::test_drift_in_model_optimizer_devices_or_accumulation_is_refused"],
+    "drift_optimizer_type_allowed": ["tests/test_resume_state.py::test_drift_in_model_optimizer_devices_or_accumulation_is_refused"],
+    "drift_devices_allowed": ["tests/test_resume_state.py::test_drift_in_model_optimizer_devices_or_accumulation_is_refused"],
+    "drift_grad_accum_allowed": ["tests/test_resume_state.py::test_drift_in_model_optimizer_devices_or_accumulation_is_refused"],
+    "sigint_not_handled": ["tests/test_signals.py::test_sigint_and_sigusr1_save_and_exit_75"],
+    "second_signal_caught": ["tests/test_signals.py::test_a_second_signal_of_the_same_kind_is_not_caught"],
+    "no_fallback_to_best": ["tests/test_resume_state.py::test_resume_falls_back_to_best_model_when_the_others_are_invalid"],
+    "cosine_not_stretched": ["tests/test_resume_state.py::test_cosine_stretches_when_epochs_change_on_resume_and_warmup_rounds"],
     "fractional_epochs_floor": [f"{C}::test_scheduler_option_gives_its_lr_at_each_step",
-                                f"{P}::test_cosine_stretches_when_epochs_change_on_resume_and_warmup_rounds"],
-    "skip_freezes_schedule": [f"{P}::test_skip_makes_no_update_and_the_schedule_still_advances"],
-    "auto_bf16_on_any_gpu": [f"{P}::test_precision_auto_picks_bf16_only_on_gpus_that_support_it"],
-    "per_sample_reads": [f"{D}::test_training_loader_reads_each_batch_with_one_read_per_array"],
-    "shm_key_ignores_content": [f"{D}::test_shared_copy_follows_the_file_content"],
+                                "tests/test_resume_state.py::test_cosine_stretches_when_epochs_change_on_resume_and_warmup_rounds"],
+    "skip_freezes_schedule": ["tests/test_nonfinite.py::test_skip_makes_no_update_and_the_schedule_still_advances"],
+    "auto_bf16_on_any_gpu": ["tests/test_precision.py::test_precision_auto_picks_bf16_only_on_gpus_that_support_it"],
+    "per_sample_reads": ["tests/test_data_reads.py::test_training_loader_reads_each_batch_with_one_read_per_array"],
+    "shm_key_ignores_content": ["tests/test_data_reads.py::test_shared_copy_follows_the_file_content"],
     "focal_alpha_swapped": [f"{L}::test_focal_loss_matches_the_published_formula", f"{C}::test_loss_option_gives_its_value_on_a_fixed_input"],
     "dice_metric_wrong": [f"{L}::test_dice_and_iou_equal_sklearn_f1_and_jaccard_over_batches"],
     "accuracy_last_batch_only": [f"{L}::test_accuracy_equals_sklearn_for_class_and_binary_logits"],
@@ -75,7 +75,7 @@ CATCHERS = {
     "signal_before_first_step_unhandled": ["tests/test_resume.py::"
                                            "test_sigterm_as_soon_as_the_run_is_marked_running_saves_and_resumes_exactly"],
     "rank_start_signal_fatal": ["tests/test_ddp.py::test_two_ranks_resume_exactly_also_after_sigterm_to_the_parent"],
-    "shm_key_ignores_keys": [f"{D}::test_shared_copy_of_other_keys_or_dtypes_of_one_file_is_another_copy"],
+    "shm_key_ignores_keys": ["tests/test_data_reads.py::test_shared_copy_of_other_keys_or_dtypes_of_one_file_is_another_copy"],
     "collapse_streak_not_consecutive": ["tests/test_seqsetvae.py::test_collapse_counts_low_validations_in_a_row"],
     "eta_counts_finished_epoch": ["tests/test_train_cli.py::test_interval_stdout_every_batch_in_log_and_cosine_lr"],
     **dict.fromkeys(["sweep_threads_ignore_parallel_jobs", "sweep_overrides_user_threads"],

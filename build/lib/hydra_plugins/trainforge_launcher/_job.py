@@ -1,0 +1,62 @@
+"""The callable submitit runs for one sweep job, in the job's own process (every task)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobStatus, run_job, setup_globals
+from omegaconf import open_dict
+
+
+class SweepJob:
+    """Compose the job's config from the sweep's, run the task function in its run dir.
+
+    Picklable (Hydra's context, the task function and the sweep config travel with it).
+    Every task of a multi-task SLURM job runs this same object: rank 0 writes ``.hydra/``,
+    all ranks call the task with the same config (ranks come from the SLURM environment).
+    ``checkpoint`` makes a timed-out or preempted job requeue as itself; the task resumes
+    from its run directory (``trainforge.run.train.run`` uses ``resume=auto`` under submitit).
+    """
+
+    def __init__(self, hydra_context, task_function, config, overrides: List[str], num: int,
+                 gpus: Optional[tuple], singleton_state: Dict[Any, Any]):
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+        self.overrides, self.num, self.gpus, self.singleton_state = list(overrides), num, gpus, singleton_state
+
+    def __call__(self) -> dict:
+        import submitit
+
+        if self.gpus is not None:  # before anything can initialise CUDA in this process
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus)
+        Singleton.set_state(self.singleton_state)
+        setup_globals()
+        env = submitit.JobEnvironment()
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, self.overrides)
+        with open_dict(cfg.hydra):
+            cfg.hydra.job.id = env.job_id
+            cfg.hydra.job.num = self.num
+            if env.global_rank > 0:
+                cfg.hydra.output_subdir = None  # one record of the composition, by rank 0
+        ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
+                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        return outcome(ret)
+
+    def checkpoint(self, *args, **kwargs):
+        """Requeue as the same job; its task resumes from its own latest checkpoint."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def outcome(ret) -> dict:
+    """What the parent needs of a Hydra JobReturn, in plain types (any exception pickles)."""
+    if ret.status == JobStatus.COMPLETED:
+        value = ret._return_value
+        return {"status": "COMPLETED", "value": value if isinstance(value, (int, float)) else None}
+    from trainforge.cli import USER_ERRORS, one_line
+
+    exc = ret._return_value
+    code = getattr(exc, "exit_code", None)
+    error = one_line(exc) if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {one_line(exc)}"
+    return {"status": "PREEMPTED" if code == 75 else "FAILED", "error": error, "exit_code": code}

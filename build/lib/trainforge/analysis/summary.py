@@ -1,0 +1,92 @@
+"""A sweep's report: one row per job from the launcher's view and the job's status.json,
+printed as a table and written to ``summary.csv`` at the sweep's root."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
+
+
+SUMMARY = "summary.csv"
+
+
+def _status_json(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def job_row(job, overrides: str, run_dir, status=None, error="", log="", gpus="") -> dict:
+    """A summary row: job, overrides, status, epochs run, best monitored value, GPUs, run
+    dir, error line and log of a failed job, final metrics. ``status`` and ``error`` (the
+    launcher's view) win over the job's status.json, which a killed job never finished."""
+    record = _status_json(run_dir)
+    row = {"job": job, "overrides": overrides, "status": status or record.get("status") or "UNKNOWN",
+           "epochs": record.get("epoch")}
+    best = record.get("best") or {}
+    if best.get("monitor"):
+        row[f"best_{best['monitor']}"] = best.get("value")
+        row["best_epoch"] = best.get("epoch")
+    row.update(gpus=gpus, run_dir=str(run_dir), error=error or record.get("error", ""),
+               log=log if row["status"] not in ("COMPLETED", "SKIPPED") else "")
+    final = record.get("final") or {}
+    row.update({f"train_{k}": v for k, v in final.get("train", {}).items()})
+    row.update({f"val_{k}": v for k, v in final.get("val", {}).items()})
+    return row
+
+
+def write_summary(sweep_dir, rows: list) -> Path:
+    path = Path(sweep_dir) / SUMMARY
+    tmp = path.with_suffix(".tmp")
+    from trainforge.engine.logging import table_csv  # imports torch: not at start-up (Hydra loads this callback)
+
+    tmp.write_text(table_csv(rows))
+    tmp.replace(path)
+    return path
+
+
+def table(rows: list, shown: dict) -> str:
+    """The end-of-sweep table (pandas): job, overrides ``shown[job]``, status, best
+    monitored value(s), epochs, run dir; then one line per failed job: error and log."""
+    import pandas as pd
+
+    best = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("best_") and k != "best_epoch"]
+    frame = pd.DataFrame([{"job": r["job"], "overrides": shown.get(r["job"], r["overrides"]), "status": r["status"],
+                           **{k: r.get(k) for k in best}, "epochs": r.get("epochs"), "run_dir": relative(r["run_dir"])}
+                          for r in rows])
+    text = frame.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.6g}")
+    errors = [f"  job {r['job']} {r['status']}: {r['error']}" + (f"\n    log: {r['log']}" if r["log"] else "")
+              for r in rows if r["status"] not in ("COMPLETED", "SKIPPED") and (r["error"] or r["log"])]
+    return "\n".join([text, *errors])
+
+
+def relative(path) -> str:
+    """``path`` relative to the working directory when it is under it (for printing)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def summarize(sweep_dir) -> Path:
+    """``summary.csv`` from the job directories alone (sweeps run by other launchers)."""
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for status_file in sorted(sweep_dir.glob("*/status.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        job = status_file.parent
+        overrides = job / ".hydra" / "overrides.yaml"
+        rows.append(job_row(job.name, " ".join(OmegaConf.load(overrides)) if overrides.exists() else "", job,
+                            log=job / "training.log"))
+    return write_summary(sweep_dir, rows)
+
+
+class SweepSummary(Callback):
+    """Hydra callback: summary.csv when a multirun ends, unless trainforge's launchers
+    (which also report failed and unstarted jobs) already wrote it."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        if not str(config.hydra.launcher.get("_target_", "")).startswith("hydra_plugins.trainforge_launcher"):
+            summarize(config.hydra.sweep.dir)

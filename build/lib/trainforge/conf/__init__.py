@@ -1,0 +1,1 @@
+"""trainforge's packaged configs (Hydra: ``pkg://trainforge.conf``)."""

@@ -1,0 +1,1 @@
+"""The training engine: loop (trainer), side effects (hooks), precision, checkpoints, logging."""
