@@ -47,7 +47,7 @@ def assert_same_run(a, b):
     assert ba == bb  # every batch exactly once, same values
 
 
-@pytest.mark.slow  # CI time: exact resume at an epoch boundary is test_promises' dropout test; workers: sigkill below
+@pytest.mark.slow  # CI time: exact resume at an epoch boundary is test_resume_state's dropout test; workers: sigkill below
 @pytest.mark.parametrize("workers", [0, 2])
 def test_two_epochs_then_resume_equals_four_straight(train, tmp_path, workers):
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -257,7 +257,7 @@ def test_warm_start_loads_weights_and_reports_keys(train_here, compose_cfg, tmp_
                     warm_start=True)
 
 
-@pytest.mark.slow  # CI time: save-and-exit on a signal is covered above and in test_promises; this adds submitit's requeue
+@pytest.mark.slow  # CI time: save-and-exit on a signal is covered above and in test_signals; this adds submitit's requeue
 def test_submitit_preemption_requeues_and_continues_exactly(train, env, tmp_path, monkeypatch):
     import submitit
 
