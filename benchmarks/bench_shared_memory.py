@@ -36,7 +36,7 @@ def memory(pid: int) -> dict:
     return out
 
 
-def child(path: str, shared: bool, ready: str, go: str) -> None:
+def child(path: str, shared: bool, ready: str, go: str, size: int = 64) -> None:
     """One user: note the baseline, load the data, touch every sample, wait to be measured."""
     from trainforge.data import GlintData
 
@@ -45,7 +45,7 @@ def child(path: str, shared: bool, ready: str, go: str) -> None:
 
     base = memory(os.getpid())
     data = GlintData(path=path, cache_dir="", batch_size=64, preload=True, shared_memory=shared,
-                     image_size=64, num_samples=0)
+                     image_size=size, num_samples=0)
     total, held = 0.0, (data.train_set(), data.val_set())  # held until measured
     for ds in held:
         for start in range(0, len(ds), 64):
@@ -57,14 +57,14 @@ def child(path: str, shared: bool, ready: str, go: str) -> None:
     torch.zeros(1)
 
 
-def run_mode(path: Path, shared: bool, procs: int, tmp: Path) -> dict:
+def run_mode(path: Path, shared: bool, procs: int, tmp: Path, size: int = 64) -> dict:
     kids, readies = [], []
     go = tmp / f"go_{shared}"
     for i in range(procs):
         ready = tmp / f"ready_{shared}_{i}"
         readies.append(ready)
         kids.append(subprocess.Popen([sys.executable, __file__, "--child", str(path), str(int(shared)), str(ready),
-                                      str(go)]))
+                                      str(go), str(size)]))
     while not all(r.exists() for r in readies):
         if any(k.poll() not in (None, 0) for k in kids):
             raise SystemExit("a child failed")
@@ -87,7 +87,7 @@ def run_mode(path: Path, shared: bool, procs: int, tmp: Path) -> dict:
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5])
+        child(sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5], int(sys.argv[6]))
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--procs", type=int, default=4)
@@ -109,7 +109,7 @@ def main():
               f"{one_copy / 2**20:.1f} MiB; {args.procs} concurrent processes")
         results = {}
         for shared in (False, True):
-            results[shared] = run_mode(path, shared, args.procs, tmp)
+            results[shared] = run_mode(path, shared, args.procs, tmp, args.size)
             r = results[shared]
             label = "shared_memory=true " if shared else "preload (private)  "
             print(f"{label}: total RSS {r['rss'] / 2**20:8.1f} MiB = {r['rss'] / one_copy:4.2f} copies; "

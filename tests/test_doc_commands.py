@@ -17,6 +17,7 @@ import ast
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,8 +74,8 @@ HOW = {
     "python -m trainforge.analyze multirun/2026-12-04/16-01-10_654321": HERE,
     "python -m trainforge.analyze multirun/2026-11-26/22-01-10_654321": HERE,
     # measured figures
-    "pytest tests/test_train_cli.py -k default_experiment": HERE,
-    "pytest tests/test_data.py -k digits": HERE,
+    "pytest -m slow tests/test_train_cli.py -k default_experiment": HERE,
+    "pytest -m slow tests/test_data.py -k digits": HERE,
     "pytest tests/test_optimization.py -k accum -s": HERE,
     "python benchmarks/bench_shared_memory.py --json docs/benchmarks/shared_memory_cpu.json": HERE,
     "python benchmarks/bench_overhead.py --device cpu --clock cpu --threads 1 --rounds 15 --control --json "
@@ -189,14 +190,13 @@ def concrete(command: str, request) -> tuple:
     if "experiment=seqsetvae_finetune" in text:
         text = text.replace("RUN", str(request.getfixturevalue("made_vae")))
         shrink = ["data.num_patients=120", "trainer.epochs=1", "log.progress=false"]
+    run_dir = request.getfixturevalue("made_run") if re.search(r"outputs/|RUN|DIR|PATH", text) else None
+    if run_dir is not None and "resume=" in text:  # each resume continues its own copy of the run
+        run_dir = shutil.copytree(run_dir, scratch / f"resumed_{re.sub(r'[^A-Za-z0-9]+', '_', command)[-40:]}")
+        shrink = ["trainer.epochs=6"]  # the run had 5: one more
     for placeholder in ("outputs/2026-12-04/15-36-14_123456", "outputs/2026-11-26/21-58-03_123456", "RUN", "DIR",
                         "PATH"):
-        if placeholder in text:
-            text = text.replace(placeholder, str(request.getfixturevalue("made_run")))
-    if "checkpoint_epoch_005.pth" in text or " resume=" in text:
-        shrink = ["trainer.epochs=6"]  # the run had 5: one more
-    if "hydra.run.dir=" in text and "resume=auto" in text:
-        shrink = ["trainer.epochs=7"]
+        text = text.replace(placeholder, str(run_dir))
     if "my_project/conf" in text:
         project = my_project(scratch)
         text = text.replace("my_project/conf", str(project / "conf"))
@@ -206,6 +206,7 @@ def concrete(command: str, request) -> tuple:
     if "data.batch_size=8" in text:
         shrink = [s for s in shrink if not s.startswith("data.batch_size")]
     argv = shlex.split(text.replace("...", " ".join(QUICK)))
+    argv = [str(ROOT / a) if a == "train.py" or a.startswith("benchmarks/") else a for a in argv]
     if argv[0] == "python":
         argv[0] = sys.executable
     if argv[0] == "torchrun":
@@ -235,7 +236,7 @@ def test_a_documented_command_runs(command, request, scratch, env):
     if "train.py" in command and "-m" not in argv and not {"--help", "--cfg"} & set(argv) and \
             "hydra.run.dir=" not in " ".join(argv) and "resume=" not in " ".join(argv):
         argv.append(f"hydra.run.dir={scratch / re.sub(r'[^A-Za-z0-9]+', '_', command)[:60]}")
-    if " -m " in command and "trainforge.analyze" not in command:
+    if " -m " in command and _training_in(argv):
         argv.append(f"hydra.sweep.dir={scratch / ('sweep_' + re.sub(r'[^A-Za-z0-9]+', '_', command)[:50])}")
     cwd = ROOT if argv[1:3] == ["-m", "pytest"] else scratch
     proc = run(argv, cwd, {**env, **extra_env})
