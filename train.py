@@ -1,23 +1,9 @@
-"""Entry point: ``python train.py [overrides]``. See README.md.
+"""``python train.py [overrides]``: the same as the ``trainforge`` command, from a checkout.
 
-Kept thin on purpose: sweeps pickle ``main``, so it references nothing but importable
-functions (no module-level handles, locks or loggers). The configs are the package's own
-(``src/trainforge/conf``); ``--config-dir`` adds a folder of yours.
+Kept thin on purpose: the task function lives in ``trainforge.cli`` (a sweep pickles it
+by name), the configs in the package (``src/trainforge/conf``).
 """
-import hydra
-
-from trainforge.cli import guarded
-
-
-@hydra.main(config_path="pkg://trainforge.conf", config_name="train", version_base="1.3")
-def main(cfg):
-    from trainforge.config import validate
-
-    validate(cfg)  # a refused config fails in a second, before torch is imported
-    from trainforge.run.train import run
-
-    return run(cfg, validated=True)
-
+from trainforge.cli import train_command
 
 if __name__ == "__main__":
-    guarded(main)
+    train_command()

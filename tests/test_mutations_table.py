@@ -6,7 +6,6 @@ import ast
 import importlib.util
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 

@@ -51,3 +51,4 @@ def test_a_second_signal_of_the_same_kind_is_not_caught(env, tmp_path):
     proc.send_signal(signal.SIGUSR1)
     wait_for_text(run / "training.log", "SIGUSR1 received", proc)
     proc.send_signal(signal.SIGUSR1)
+    assert proc.wait(timeout=120) == -signal.SIGUSR1  # the default action: the process is gone at once

@@ -61,3 +61,13 @@ if not any(isinstance(f, _OldNames) for f in sys.meta_path):
 
 from trainforge import cli as _cli  # noqa: E402,F401  (registers the resolvers)
 from trainforge import config as _config  # noqa: E402,F401  (registers the schemas)
+
+API = ("compose", "fit", "load", "Result")  # trainforge.compose, ... (trainforge.run.api; imported on first use)
+
+
+def __getattr__(name):
+    if name in API:
+        from trainforge.run import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'trainforge' has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""Command-line glue: the run-directory resolver and one-line errors for ``train.py``."""
+"""The command line: ``trainforge`` / ``python train.py`` (Hydra's app over the packaged configs),
+the run-directory resolvers, and one-line errors with their exit codes."""
 from __future__ import annotations
 
 import datetime
@@ -230,3 +231,39 @@ class _DropPreamble:
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
+
+
+def task(cfg):
+    """The Hydra task function of ``trainforge`` and ``train.py`` (a sweep pickles it by name)."""
+    from trainforge.config import validate
+
+    validate(cfg)  # a refused config fails in a second, before torch is imported
+    from trainforge.run.train import run
+
+    return run(cfg, validated=True)
+
+
+def train_command() -> None:
+    """``trainforge [overrides]``: Hydra's command line over the packaged configs (``-m``,
+    ``--cfg``, ``--help``, ``--config-dir``, ...), user errors as one line."""
+    import hydra
+
+    user_folders_importable(sys.argv[1:])
+    guarded(hydra.main(config_path="pkg://trainforge.conf", config_name="train", version_base="1.3")(task))
+
+
+def user_folders_importable(argv) -> list:
+    """Your classes import without PYTHONPATH: the working directory, and the folder that
+    holds each ``--config-dir``, go first on ``sys.path`` and on ``PYTHONPATH``, which the
+    processes a run starts inherit (DDP ranks, sweep jobs, SLURM tasks). Returns them."""
+    folders = [os.getcwd()]
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg in ("--config-dir", "-cd") and i + 1 < len(argv) else \
+            arg.split("=", 1)[1] if arg.startswith("--config-dir=") else None
+        if value:
+            folders.append(str(Path(value).expanduser().resolve().parent))
+    folders = [f for f in dict.fromkeys(folders) if f not in sys.path]
+    sys.path[:0] = folders
+    if folders:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*folders, *filter(None, [os.environ.get("PYTHONPATH")])])
+    return folders

@@ -1,0 +1,26 @@
+"""The ``trainforge`` command (also ``python -m trainforge``).
+
+    trainforge [overrides]            train: what ``python train.py [overrides]`` does (-m, --cfg, --help, resume=...)
+    trainforge analyze DIR [options]  plots and a summary of a run or a sweep directory
+"""
+from __future__ import annotations
+
+import sys
+
+SUBCOMMANDS = ("analyze",)
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["analyze"]:
+        from trainforge.analysis.analyze import main as analyze
+
+        sys.exit(analyze(argv[1:]))
+    from trainforge.cli import train_command
+
+    sys.argv = [sys.argv[0], *argv]
+    train_command()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""The Python API: ``compose``, ``fit``, ``load`` (re-exported as ``trainforge.compose`` ...).
+
+    import trainforge
+    cfg = trainforge.compose(["experiment=digits", "trainer.epochs=3"])
+    result = trainforge.fit(cfg, run_dir="runs/digits")      # errors raise; nothing calls sys.exit
+    model, cfg = trainforge.load("runs/digits", ckpt="best")  # the weights that won, in eval mode
+
+Works from a notebook or a script: no Hydra app is needed around it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import weakref
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from trainforge.errors import CheckpointError, ConfigError
+from trainforge.files import BEST_WEIGHTS, CONFIG, LATEST, read_status
+
+_COMPOSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # cfg -> the overrides it was composed with
+
+
+def compose(overrides=(), config_dir=None, config_name: str = "train") -> DictConfig:
+    """The config ``python train.py OVERRIDES`` would train: the packaged configs, plus
+    ``config_dir`` (a folder of your own, as ``--config-dir``) searched first."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    import trainforge  # noqa: F401  (schemas and resolvers)
+
+    overrides = list(overrides)
+    extra = [f"hydra.searchpath=[file://{Path(config_dir).expanduser().resolve()}]"] if config_dir else []
+    previous = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("trainforge.conf", version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=[*overrides, *extra])
+    finally:
+        if previous is not None:
+            GlobalHydra.instance().initialize(previous)
+    _COMPOSED[cfg] = overrides
+    return cfg
+
+
+@dataclasses.dataclass
+class Result:
+    """What ``fit`` returns: how the run ended and where it is."""
+
+    status: str
+    best: dict
+    metrics: list
+    run_dir: Path
+
+    @property
+    def best_value(self):
+        return self.best.get("value")
+
+
+def fit(cfg, run_dir=None, overrides=None) -> Result:
+    """Train ``cfg`` into ``run_dir`` (default ``outputs/DATE/TIME``), as ``python train.py``
+    does. A refused config or a failed run raises (ConfigError and the other trainforge
+    errors); a run stopped by a signal raises ``Preempted`` after saving its checkpoint."""
+    import json
+
+    from trainforge.config import validate
+    from trainforge.run.train import run
+
+    if run_dir is None:
+        now = datetime.datetime.now()
+        run_dir = Path("outputs") / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S_%f")
+    overrides = list(overrides if overrides is not None else _COMPOSED.get(cfg, []))
+    validate(cfg)
+    run(cfg, run_dir=run_dir, overrides=overrides, validated=True)
+    record = read_status(run_dir)
+    metrics_file = Path(run_dir) / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else []
+    return Result(record.get("status", "UNKNOWN"), record.get("best") or {}, metrics, Path(run_dir))
+
+
+def load(source, ckpt: str = "best", device: str = "cpu"):
+    """``(model, cfg)``: the model of a run, built from the run's own saved config.yaml (not
+    today's configs) with the weights of ``ckpt`` (``best``, ``latest``, or a checkpoint
+    file), in eval mode on ``device``. ``source`` is a run directory or a checkpoint file."""
+    import torch
+
+    from trainforge.engine.checkpoint import load_checkpoint, safe_load
+    from trainforge.run.build import build_model
+
+    source = Path(source).expanduser()
+    run_dir = source if source.is_dir() else source.parent.parent if source.parent.name == "checkpoints" \
+        else source.parent
+    if not (run_dir / CONFIG).is_file():
+        raise ConfigError(f"{source}: no {CONFIG} there (give a run directory, or a checkpoint inside one)")
+    cfg = OmegaConf.load(run_dir / CONFIG)
+    if source.is_file():
+        state = load_checkpoint(source)["model"]
+    elif ckpt == "best":  # never another file in its place: the weights that won, or an error
+        if not (run_dir / BEST_WEIGHTS).is_file():
+            raise CheckpointError(f"{run_dir / BEST_WEIGHTS}: no such file (the run saved no best epoch); "
+                                  "load it with ckpt='latest'")
+        state = safe_load(run_dir / BEST_WEIGHTS)
+    elif ckpt == "latest":
+        state = load_checkpoint(run_dir / LATEST)["model"]
+    else:
+        state = load_checkpoint(Path(ckpt))["model"]
+    model = build_model(cfg.model, warm_start=False)
+    model.load_state_dict(state)
+    return model.to(torch.device(device)).eval(), cfg
