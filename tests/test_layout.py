@@ -17,6 +17,7 @@ PKG = SRC / "trainforge"
 # top to bottom: a layer imports only the layers below it; names in one layer are siblings
 # that do not import each other (the contract in docs/architecture.md)
 LAYERS = [
+    ("__main__",),
     ("cli",),
     ("run",),
     ("analysis",),

@@ -254,16 +254,13 @@ def train_command() -> None:
 
 def user_folders_importable(argv) -> list:
     """Your classes import without PYTHONPATH: the working directory, and the folder that
-    holds each ``--config-dir``, go first on ``sys.path`` and on ``PYTHONPATH``, which the
-    processes a run starts inherit (DDP ranks, sweep jobs, SLURM tasks). Returns them."""
+    holds each ``--config-dir``, go first on ``sys.path`` and ``PYTHONPATH``. Returns them."""
+    from trainforge.config.sources import importable
+
     folders = [os.getcwd()]
     for i, arg in enumerate(argv):
         value = argv[i + 1] if arg in ("--config-dir", "-cd") and i + 1 < len(argv) else \
             arg.split("=", 1)[1] if arg.startswith("--config-dir=") else None
         if value:
             folders.append(str(Path(value).expanduser().resolve().parent))
-    folders = [f for f in dict.fromkeys(folders) if f not in sys.path]
-    sys.path[:0] = folders
-    if folders:
-        os.environ["PYTHONPATH"] = os.pathsep.join([*folders, *filter(None, [os.environ.get("PYTHONPATH")])])
-    return folders
+    return importable(folders)

@@ -65,14 +65,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(cfg_yaml: str, run_dir: Path, overrides: list, ckpt_path, n: int, on_gpu: bool, log) -> None:
+def spawn(cfg_yaml: str, run_dir: Path, overrides: list, ckpt_path, n: int, on_gpu: bool, log, sources=None) -> None:
     """Train in ``n`` rank processes and wait for them. Returns when every rank finished;
     raises ``Preempted`` when they stopped on a signal, the failing rank's error otherwise
     (after writing FAILED into status.json if no rank recorded the end)."""
     workdir = Path(tempfile.mkdtemp(prefix="trainforge-ranks-"))
     spec = workdir / "spec.json"
     spec.write_text(json.dumps({"config": cfg_yaml, "run_dir": str(run_dir), "overrides": overrides,
-                                "resume": str(ckpt_path) if ckpt_path else None}))
+                                "resume": str(ckpt_path) if ckpt_path else None, "sources": sources}))
     port, visible = _free_port(), _visible_gpus() if on_gpu else None
     previous: dict = {}
     with signals.blocked():  # the ranks begin with stop signals held back, until they can defer them

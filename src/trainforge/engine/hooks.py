@@ -156,7 +156,8 @@ def component_states(trainer) -> dict:
 
 # the checkpoint's own keys (docs/run-directory.md): a component's state_key must be another
 RESERVED_KEYS = ("format_version", "epoch", "step", "batch_in_epoch", "model", "optimizer", "scheduler", "scaler",
-                 "rng", "sampler", "epoch_stats", "best", "history", "retention", "config", "overrides", "time",
+                 "rng", "sampler", "epoch_stats", "best", "history", "retention", "config", "overrides",
+                 "config_sources", "time",
                  "world_size")
 
 
@@ -168,8 +169,9 @@ class CheckpointHook(HookBase):
     """
 
     def __init__(self, manager: CheckpointManager, config_yaml: str, save_optimizer=True, every_n_steps=0,
-                 overrides=()):
+                 overrides=(), sources=None):
         self.manager, self.config_yaml, self.overrides = manager, config_yaml, list(overrides)
+        self.sources = sources  # how the config was composed (config/sources.py)
         self.save_optimizer, self.every_n_steps = save_optimizer, every_n_steps
         self.saved_step = -1
 
@@ -185,7 +187,8 @@ class CheckpointHook(HookBase):
         return objs
 
     def extra(self) -> dict:
-        return {**self.trainer.state_dict(), "config": self.config_yaml, "overrides": self.overrides}
+        return {**self.trainer.state_dict(), "config": self.config_yaml, "overrides": self.overrides,
+                "config_sources": self.sources}
 
     def restore(self, ckpt: dict) -> list:
         """Load every object's state from ``ckpt``; RNG last, so nothing consumes it after.

@@ -19,29 +19,17 @@ from omegaconf import DictConfig, OmegaConf
 from trainforge.errors import CheckpointError, ConfigError
 from trainforge.files import BEST_WEIGHTS, CONFIG, LATEST, read_status
 
-_COMPOSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # cfg -> the overrides it was composed with
+_COMPOSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # cfg -> (overrides, sources) it came from
 
 
 def compose(overrides=(), config_dir=None, config_name: str = "train") -> DictConfig:
     """The config ``python train.py OVERRIDES`` would train: the packaged configs, plus
     ``config_dir`` (a folder of your own, as ``--config-dir``) searched first."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+    from trainforge.config.sources import compose_config, sources_with
 
-    import trainforge  # noqa: F401  (schemas and resolvers)
-
-    overrides = list(overrides)
-    extra = [f"hydra.searchpath=[file://{Path(config_dir).expanduser().resolve()}]"] if config_dir else []
-    previous = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module("trainforge.conf", version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=[*overrides, *extra])
-    finally:
-        if previous is not None:
-            GlobalHydra.instance().initialize(previous)
-    _COMPOSED[cfg] = overrides
+    overrides, sources = list(overrides), sources_with([config_dir] if config_dir else [], config_name)
+    cfg = compose_config(sources, overrides)
+    _COMPOSED[cfg] = (overrides, sources)
     return cfg
 
 
@@ -71,9 +59,10 @@ def fit(cfg, run_dir=None, overrides=None) -> Result:
     if run_dir is None:
         now = datetime.datetime.now()
         run_dir = Path("outputs") / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S_%f")
-    overrides = list(overrides if overrides is not None else _COMPOSED.get(cfg, []))
+    composed, sources = _COMPOSED.get(cfg, ([], None))
+    overrides = list(overrides if overrides is not None else composed)
     validate(cfg)
-    run(cfg, run_dir=run_dir, overrides=overrides, validated=True)
+    run(cfg, run_dir=run_dir, overrides=overrides, validated=True, sources=sources)
     record = read_status(run_dir)
     metrics_file = Path(run_dir) / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else []

@@ -160,12 +160,12 @@ def logging_hooks(log_cfg, record, device) -> tuple:
     return display, logs
 
 
-def build(cfg, run_dir, overrides=(), resuming=False, record=None) -> BaseTrainer:
+def build(cfg, run_dir, overrides=(), resuming=False, record=None, sources=None) -> BaseTrainer:
     """Build the trainer for ``cfg`` writing into ``run_dir`` through ``record`` (the run's
     RunRecord; default: one that writes on rank 0). Order: determinism, device, seed, data,
     loaders, model, loss, optimizer, scheduler, precision, hooks, trainer (the order the
     random draws are made in: a resume depends on it). ``overrides`` (the command line's)
-    travel in each checkpoint for ``resume``."""
+    travel in each checkpoint for ``resume``, and so do ``sources`` (how it was composed)."""
     record = record or RunRecord(run_dir, writes=dist.is_main())
     t = cfg.trainer
     set_determinism(t.deterministic, t.threads)
@@ -185,7 +185,7 @@ def build(cfg, run_dir, overrides=(), resuming=False, record=None) -> BaseTraine
         scheduler = instantiate(cfg.scheduler, "scheduler", _convert_="all")(
             optimizer, steps_per_epoch=steps_per_epoch, epochs=t.epochs)
     precision = Precision(t.precision, device, num_params, compiled=t.compile)
-    hooks = build_hooks(cfg, record, overrides, device, val_loader, loss_fn, data.metrics(), scheduler)
+    hooks = build_hooks(cfg, record, (overrides, sources), device, val_loader, loss_fn, data.metrics(), scheduler)
     return BaseTrainer(model, optimizer, scheduler, loss_fn, train_loader, sampler, precision, device,
                        epochs=t.epochs, grad_accum=t.grad_accum, clip_grad=t.clip_grad,
                        on_nonfinite=t.on_nonfinite, max_nonfinite=t.max_nonfinite, hooks=hooks,
@@ -223,7 +223,7 @@ def build_optimizer(cfg, model):
         return make_optimizer(params, **fused)
 
 
-def build_hooks(cfg, record, overrides, device, val_loader, loss_fn, metrics, scheduler) -> list:
+def build_hooks(cfg, record, composed, device, val_loader, loss_fn, metrics, scheduler) -> list:
     """The hooks, in the order they run: progress bar, EvalHook, the VAE hooks (between it
     and the logging hooks), logging, plateau, checkpoints, preemption, compile report."""
     metrics, vae_hooks = vae_monitoring(cfg, record, loss_fn, metrics)
@@ -236,8 +236,9 @@ def build_hooks(cfg, record, overrides, device, val_loader, loss_fn, metrics, sc
         check_monitor("scheduler.monitor", scheduler.monitor, available)
         hooks.append(PlateauHook())
     manager = CheckpointManager(record, ck.save_freq, ck.keep_last_n, ck.top_k, ck.monitor, ck.mode)
+    overrides, sources = composed
     checkpointer = CheckpointHook(manager, OmegaConf.to_yaml(cfg, resolve=True), ck.save_optimizer,
-                                  ck.every_n_steps, overrides)
+                                  ck.every_n_steps, overrides, sources)
     hooks += [checkpointer, PreemptionHook(checkpointer)]
     if cfg.trainer.compile:
         hooks.append(CompileReport())

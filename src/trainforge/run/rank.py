@@ -33,7 +33,7 @@ def rank_main(spec_path: str, workdir: str) -> int:
     try:
         with signals.deferred():  # a stop signal while starting waits for PreemptionHook.arm
             signals.let_in()  # the parent started this rank with them held back
-            run(cfg, run_dir=spec["run_dir"], overrides=spec["overrides"], validated=True)
+            run(cfg, run_dir=spec["run_dir"], overrides=spec["overrides"], validated=True, sources=spec.get("sources"))
         return 0
     except BaseException as e:  # noqa: BLE001 - every outcome is reported to the parent
         if isinstance(e, TrainforgeError):

@@ -13,6 +13,8 @@ from omegaconf import OmegaConf
 
 from trainforge.engine.checkpoint import BEST, EPOCH_DIR, LATEST, load_checkpoint
 from trainforge.engine.logging import LOGGER
+
+from trainforge.config.sources import compose_config
 from trainforge.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(LOGGER)
@@ -75,15 +77,25 @@ def merged_overrides(saved: list, current: list) -> list:
 
 def recompose(cfg, ckpt: dict, current: list):
     """The config the resumed run continues with: the checkpoint's overrides, then this
-    command's, composed afresh from conf/ (inside the running Hydra app)."""
-    from hydra import compose
+    command's, composed afresh with the run's own config sources (its primary config and
+    config folders, from any working directory). A checkpoint from before the sources were
+    recorded composes the packaged ``train`` inside the running Hydra app, as then."""
     from hydra.core.global_hydra import GlobalHydra
 
-    if not GlobalHydra.instance().is_initialized():
+    from trainforge.distributed.ranks import launched_by_parent
+
+    if launched_by_parent():  # a rank of trainer.devices=N: the parent recomposed
         return cfg
     overrides = merged_overrides(ckpt.get("overrides", []), current)
-    keep = [f"{k}={v}" for k in OWN_KEYS if (v := cfg.get(k)) is not None]
-    return compose(config_name="train", overrides=[*overrides, *(f"++{o}" for o in keep)])
+    overrides += [f"++{k}={v}" for k in OWN_KEYS if (v := cfg.get(k)) is not None]
+    sources = ckpt.get("config_sources")
+    if sources is not None:
+        return compose_config(sources, overrides, why="resume")
+    if not GlobalHydra.instance().is_initialized():
+        return cfg
+    from hydra import compose
+
+    return compose(config_name="train", overrides=overrides)
 
 
 def _flat(cfg) -> dict:

@@ -20,6 +20,7 @@ from trainforge.distributed import launch, signals
 from trainforge.distributed.ranks import launched_by_parent
 from trainforge.engine.logging import LOGGER, release_held_records, setup_logging
 from trainforge.errors import ConfigError, Preempted, RankFailed, TrainforgeError, WriteError
+from trainforge.config.sources import current_sources
 from trainforge.files import CONFIG, LATEST, STATUS, TRAINING_LOG, RunLock, RunRecord, holds_run, read_status, \
     resume_home, write_failed_over, write_final_status, write_status  # noqa: F401  (old names of this module)
 
@@ -52,7 +53,7 @@ def task_overrides() -> list:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def run(cfg, run_dir=None, overrides=None, *, validated: bool = False):
+def run(cfg, run_dir=None, overrides=None, *, validated: bool = False, sources=None):
     """Train ``cfg`` in ``run_dir`` (default: Hydra's output dir). ``overrides`` are the
     command line's (default: Hydra's), kept in checkpoints so a resume can recompose the
     same config. Returns the best value of ``checkpoint.monitor`` (for sweepers).
@@ -62,7 +63,9 @@ def run(cfg, run_dir=None, overrides=None, *, validated: bool = False):
     (torchrun, a SLURM step, or ``trainer.devices=N``, which starts them here after the
     config is final) rank 0 alone holds it, writes files and prints. ``validated=True``:
     the caller ran ``validate(cfg)`` already (the command line does, before torch is
-    imported), so it runs once per run."""
+    imported), so it runs once per run. ``sources``: how the config was composed (its
+    primary config and config folders; default: what Hydra recorded), kept with the run so
+    that a resume recomposes it from any working directory."""
     if not validated:
         validate(cfg)
     run_dir = Path(run_dir) if run_dir is not None else output_dir()
@@ -82,7 +85,7 @@ def run(cfg, run_dir=None, overrides=None, *, validated: bool = False):
             lock.stamp()
 
         _agreed(claim if holder else lambda: None)  # no rank waits for one that was refused
-        return _Run(run_dir, ranks).main(cfg, overrides)
+        return _Run(run_dir, ranks).main(cfg, overrides, sources)
 
 
 def _requeued() -> bool:
@@ -104,12 +107,13 @@ class _Run:
         self.log = setup_logging(run_dir, dist.is_main(), hold=not self.launched)
         self.started = time.time()
         self.opened = self.delegated = False  # delegated: rank processes own the run's outcome
-        self.trainer = None
+        self.trainer = self.sources = None
 
-    def main(self, cfg, overrides):
+    def main(self, cfg, overrides, sources):
         self.resume = cfg.resume
         try:
             cfg, ckpt_path, ckpt, overrides, changes = _agreed(_prepare, cfg, self.run_dir, overrides)
+            self.sources = (ckpt or {}).get("config_sources") or sources or current_sources()
             if self.launched:
                 self.open(cfg)
             else:  # (the launcher's parent said it)
@@ -135,7 +139,7 @@ class _Run:
     def open(self, cfg) -> None:
         """The run starts: its held log lines, status RUNNING and config.yaml."""
         release_held_records()
-        self.record.status("RUNNING", started=self.started)
+        self.record.status("RUNNING", started=self.started, config_sources=self.sources)
         self.record.text(CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
         self.opened = True
 
@@ -147,13 +151,15 @@ class _Run:
             self.log.info("DDP on %d processes (%s): per-rank batch %d, global batch %d", n,
                           "nccl" if on_gpu else "gloo", cfg.data.batch_size, cfg.data.batch_size * n)
             self.delegated = True  # the ranks load the checkpoint themselves
-            launch.spawn(OmegaConf.to_yaml(cfg, resolve=True), self.run_dir, overrides, ckpt_path, n, on_gpu, self.log)
+            launch.spawn(OmegaConf.to_yaml(cfg, resolve=True), self.run_dir, overrides, ckpt_path, n, on_gpu, self.log,
+                         sources=self.sources)
         return read_status(self.run_dir).get("best", {}).get("value")
 
     def build(self, cfg, overrides, ckpt_path, ckpt, changes) -> None:
         from trainforge.run.build import build
 
-        self.trainer = trainer = build(cfg, self.run_dir, overrides, resuming=ckpt is not None, record=self.record)
+        self.trainer = trainer = build(cfg, self.run_dir, overrides, resuming=ckpt is not None, record=self.record,
+                                       sources=self.sources)
         if ckpt is not None:
             missing = _checkpointer(trainer).restore(ckpt)
             self.log.info("Resumed from %s at epoch %d, batch %d, step %d%s", ckpt_path, trainer.epoch + 1,
@@ -181,7 +187,7 @@ class _Run:
             return
         self.log.warning("%s", e, extra={"console": False})
         self.record.status("PREEMPTED", error=str(e), started=self.started, exit_code=e.exit_code,
-                           **_final(self.trainer))
+                           config_sources=self.sources, **_final(self.trainer))
         if self.trainer is not None:
             _preemption(self.trainer).hand_on()
 
@@ -201,7 +207,8 @@ class _Run:
                 self.log.error("%s", error, extra={"console": False})  # the CLI prints it once, on stderr
             if self.opened or self.resume is None:  # a crash while resuming does not relabel the run
                 text = str(error) if error is not e or isinstance(e, TrainforgeError) else f"{type(e).__name__}: {e}"
-                self.record.final_status("FAILED", error=text, started=self.started, **_final(self.trainer))
+                self.record.final_status("FAILED", error=text, started=self.started, config_sources=self.sources,
+                                         **_final(self.trainer))
         if error is e:
             raise e
         raise error from None
@@ -210,7 +217,7 @@ class _Run:
         trainer = self.trainer
         best = _checkpointer(trainer).manager.best
         self.record.status("COMPLETED", started=self.started, finished=time.time(), world_size=dist.world_size(),
-                           **_final(trainer))
+                           config_sources=self.sources, **_final(trainer))
         self.log.info("Done in %.1fs. Best %s: %s (epoch %s)", time.time() - self.started, best["monitor"],
                       best["value"], best["epoch"])
         dist.cleanup()
