@@ -27,7 +27,7 @@ import pytest
 from conftest import ROOT, SMALL
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-STARTS = ("python ", "python3 ", "torchrun ", "srun ", "bash ", "pytest ", "pip ")
+STARTS = ("python ", "python3 ", "torchrun ", "srun ", "bash ", "pytest ", "pip ", "trainforge ")
 
 QUICK = [*SMALL, "trainer.epochs=1"]  # glint, small
 HERE = "here"
@@ -38,6 +38,22 @@ HOW = {
     "python -m pytest": "ci",
     "python -m pytest -m slow": "ci",
     "bash .ci/run": "ci",
+    # the trainforge command
+    "trainforge": HERE,
+    "trainforge scheduler=cosine log.interval=20": HERE,
+    "trainforge experiment=digits": HERE,
+    "trainforge trainer.devices=2": HERE,
+    "trainforge --help": HERE,
+    "trainforge --cfg job": HERE,
+    "trainforge -m loss=focal,hybrid optimizer.lr=1e-3,3e-3": HERE,
+    "trainforge -m hydra/launcher=slurm hydra.launcher.partition=gpu loss=focal,hybrid": "slurm",
+    "trainforge analyze multirun/2026-12-04/16-01-10_654321": HERE,
+    "trainforge analyze outputs/2026-12-04/15-36-14_123456 --batch_metrics": HERE,
+    "trainforge resume=outputs/2026-12-04/15-36-14_123456": HERE,
+    "trainforge resume=RUN/checkpoints/checkpoint_epoch_005.pth": HERE,
+    "trainforge hydra.run.dir=RUN resume=auto": HERE,
+    "trainforge --config-dir my_project/conf model=my_net": HERE,
+    "trainforge --config-dir my_project/conf experiment=myexp": HERE,
     # training
     "python train.py": "tests/test_train_cli.py::test_default_experiment_reaches_dice_0_8",
     "python train.py scheduler=cosine log.interval=20": HERE,
@@ -48,12 +64,8 @@ HOW = {
     "python train.py model.init_weights=RUN/best_model_weights.pt": HERE,
     "python train.py --help": HERE,
     "python train.py --cfg job": HERE,
-    "python train.py --config-dir my_project/conf model=my_net": HERE,
     # resume
     "python train.py resume=PATH": HERE,
-    "python train.py resume=outputs/2026-12-04/15-36-14_123456": HERE,
-    "python train.py resume=RUN/checkpoints/checkpoint_epoch_005.pth": HERE,
-    "python train.py hydra.run.dir=RUN resume=auto": HERE,
     # DDP
     "python train.py trainer.devices=2": HERE,
     "python train.py trainer.devices=2 data.batch_size=8": HERE,
@@ -64,14 +76,11 @@ HOW = {
     "srun --ntasks=2 python train.py data.batch_size=8": "slurm",
     # sweeps
     "python train.py -m loss=focal,hybrid": HERE,
-    "python train.py -m loss=focal,hybrid optimizer.lr=1e-3,3e-3": HERE,
     "python train.py -m experiment=seqsetvae loss.beta=0.05,4.0": "tests/test_seqsetvae.py::test_sweep_over_beta",
     "python train.py -m hydra/launcher=slurm hydra.launcher.partition=gpu loss=focal,hybrid": "slurm",
     # analysis
     "python -m trainforge.analyze DIR [--batch_metrics]": HERE,
-    "python -m trainforge.analyze outputs/2026-12-04/15-36-14_123456 --batch_metrics": HERE,
     "python -m trainforge.analyze outputs/2026-11-26/21-58-03_123456 --batch_metrics": HERE,
-    "python -m trainforge.analyze multirun/2026-12-04/16-01-10_654321": HERE,
     "python -m trainforge.analyze multirun/2026-11-26/22-01-10_654321": HERE,
     # measured figures
     "pytest -m slow tests/test_train_cli.py -k default_experiment": HERE,
@@ -99,7 +108,7 @@ def documented_commands() -> dict:
                  for ln in block.splitlines()]
         cells = re.findall(r"^\| `([^`]+)`", text, re.M) + re.findall(r"^\|[^|]*\| `([^`]+)`", text, re.M)
         for command in [*lines, *cells]:
-            if command.startswith(STARTS):
+            if command.startswith(STARTS) or command == "trainforge":
                 found.setdefault(command.strip(), []).append(page.name)
     return found
 
@@ -167,16 +176,12 @@ def made_vae(scratch, env):
 
 
 def my_project(scratch) -> Path:
-    """A project of the user's own: a package with a model class, and a conf/ with its option."""
+    """A project of the user's own (tests/test_command.py's): a model module, conf/model/my_net.yaml
+    and conf/experiment/myexp.yaml."""
+    from test_command import user_project
+
     root = scratch / "my_project"
-    (root / "conf" / "model").mkdir(parents=True, exist_ok=True)
-    (root / "my_nets.py").write_text(
-        "from torch import nn\n\n\nclass TinyNet(nn.Module):\n"
-        "    def __init__(self, width=4):\n        super().__init__()\n"
-        "        self.net = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 1, 1))\n\n"
-        "    def forward(self, x):\n        return self.net(x)\n")
-    (root / "conf" / "model" / "my_net.yaml").write_text("_target_: my_nets.TinyNet\nwidth: 4\n")
-    return root
+    return root if root.exists() else user_project(root)
 
 
 def concrete(command: str, request) -> tuple:
@@ -201,19 +206,23 @@ def concrete(command: str, request) -> tuple:
         project = my_project(scratch)
         text = text.replace("my_project/conf", str(project / "conf"))
         extra_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")]))
+    if "experiment=digits" in text:
+        shrink = ["trainer.epochs=1", "log.progress=false"]
     if "experiment=seqset" in text and "seqsetvae" not in text:
         shrink = ["data.num_patients=64", "trainer.epochs=1", "log.progress=false"]
     if "data.batch_size=8" in text:
         shrink = [s for s in shrink if not s.startswith("data.batch_size")]
     argv = shlex.split(text.replace("...", " ".join(QUICK)))
     argv = [str(ROOT / a) if a == "train.py" or a.startswith("benchmarks/") else a for a in argv]
+    if argv[0] == "trainforge":
+        argv[:1] = [shutil.which("trainforge")] if shutil.which("trainforge") else [sys.executable, "-m", "trainforge"]
     if argv[0] == "python":
         argv[0] = sys.executable
     if argv[0] == "torchrun":
         argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
     if argv[0] == "pytest":
         return [sys.executable, "-m", "pytest", *argv[1:], "-q", "-n", "0", "--co"], extra_env
-    if "train.py" in text and not {"--help", "--cfg"} & set(argv) and "..." not in command:
+    if _training_in(argv) and not {"--help", "--cfg"} & set(argv) and "..." not in command:
         argv += shrink
     if argv[1:2] == ["-m"] and argv[2:3] == ["trainforge.analyze"]:
         pass
@@ -226,14 +235,17 @@ def concrete(command: str, request) -> tuple:
 
 
 def _training_in(argv) -> bool:
-    return any(a.endswith("train.py") for a in argv)
+    """Whether ``argv`` trains: train.py, or the trainforge command but for its analyze."""
+    command = [a for a in argv if not a.startswith("-") or a == "-m"]
+    by_name = any(Path(a).name == "trainforge" for a in argv[:1]) or argv[1:3] == ["-m", "trainforge"]
+    return any(a.endswith("train.py") for a in argv) or (by_name and "analyze" not in command[1:4])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", sorted(c for c, how in HOW.items() if how == HERE))
 def test_a_documented_command_runs(command, request, scratch, env):
     argv, extra_env = concrete(command, request)
-    if "train.py" in command and "-m" not in argv and not {"--help", "--cfg"} & set(argv) and \
+    if _training_in(argv) and " -m " not in f" {command} " and not {"--help", "--cfg"} & set(argv) and \
             "hydra.run.dir=" not in " ".join(argv) and "resume=" not in " ".join(argv):
         argv.append(f"hydra.run.dir={scratch / re.sub(r'[^A-Za-z0-9]+', '_', command)[:60]}")
     if " -m " in command and _training_in(argv):
@@ -246,7 +258,7 @@ def test_a_documented_command_runs(command, request, scratch, env):
         assert "trainer:" in proc.stdout
     elif argv[1:3] == ["-m", "pytest"]:
         assert re.search(r"\b[1-9]\d* tests? collected|^\S+::\S+", proc.stdout, re.M), proc.stdout[-500:]
-    elif "trainforge.analyze" in argv:
+    elif "trainforge.analyze" in argv or "analyze" in argv:
         assert "Wrote" in proc.stdout or "Plots" in proc.stdout
     elif _training_in(argv) and " -m " not in command:
         assert "Done in" in proc.stderr + proc.stdout
