@@ -35,6 +35,7 @@ def weights(run) -> list:
     return list(torch.load(run / "latest_checkpoint.pth", weights_only=True)["model"].values())
 
 
+@pytest.mark.slow  # CI time: three modes, three runs each
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_a_user_config_run_resumes_from_another_directory_exactly(env, tmp_path, mode):
     project = user_project(tmp_path / "my_project")
@@ -62,3 +63,15 @@ def test_resume_says_in_one_line_which_config_folder_is_gone(env, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"trainforge: error: resume: the config folder {project / 'conf'} is gone (the run "
                                    "was composed with it); put it back, or resume from a copy that has it")
+
+
+def test_an_option_of_the_users_with_a_built_in_name_is_said_not_to_be_used(env, tmp_path):
+    project = user_project(tmp_path / "my_project")
+    (project / "conf" / "model" / "unet.yaml").write_text("defaults:\n  - /model_unet_schema\n  - _self_\n"
+                                                          "base_channels: 5\n")
+    train(env, project, "--config-dir", str(project / "conf"), *SHORT, "trainer.epochs=1",
+          f"hydra.run.dir={tmp_path / 'run'}")
+    log = (tmp_path / "run" / "training.log").read_text()
+    assert (f"model=unet: {project / 'conf' / 'model' / 'unet.yaml'} is not used: the built-in option of that name "
+            "comes first in the config search path; give yours another name") in log
+    assert "base_channels: 8" in (tmp_path / "run" / "config.yaml").read_text()

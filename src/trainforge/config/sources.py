@@ -82,3 +82,18 @@ def importable(folders) -> list:
     if added:
         os.environ["PYTHONPATH"] = os.pathsep.join([*added, *filter(None, [os.environ.get("PYTHONPATH")])])
     return added
+
+
+def shadowed(sources: dict, choices: dict) -> list:
+    """One line for each chosen option that a config folder of the user also has under the
+    same name: the packaged one comes first in the search path, so the user's is not used."""
+    packaged = Path(__file__).resolve().parents[1] / "conf"
+    lines = []
+    for group, option in choices.items():
+        if not option or group.startswith("hydra") or not (packaged / group / f"{option}.yaml").is_file():
+            continue
+        mine = [Path(f) / group / f"{option}.yaml" for f in user_folders(sources)]
+        for path in (p for p in mine if p.is_file()):
+            lines.append(f"{group}={option}: {path} is not used: the built-in option of that name comes first in "
+                         "the config search path; give yours another name")
+    return lines

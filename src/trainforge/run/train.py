@@ -20,7 +20,7 @@ from trainforge.distributed import launch, signals
 from trainforge.distributed.ranks import launched_by_parent
 from trainforge.engine.logging import LOGGER, release_held_records, setup_logging
 from trainforge.errors import ConfigError, Preempted, RankFailed, TrainforgeError, WriteError
-from trainforge.config.sources import current_sources
+from trainforge.config.sources import current_sources, shadowed
 from trainforge.files import CONFIG, LATEST, STATUS, TRAINING_LOG, RunLock, RunRecord, holds_run, read_status, \
     resume_home, write_failed_over, write_final_status, write_status  # noqa: F401  (old names of this module)
 
@@ -88,6 +88,13 @@ def run(cfg, run_dir=None, overrides=None, *, validated: bool = False, sources=N
         return _Run(run_dir, ranks).main(cfg, overrides, sources)
 
 
+def _choices() -> dict:
+    """The option chosen in each config group (Hydra's record; none outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+
+
 def _requeued() -> bool:
     import os
 
@@ -114,6 +121,8 @@ class _Run:
         try:
             cfg, ckpt_path, ckpt, overrides, changes = _agreed(_prepare, cfg, self.run_dir, overrides)
             self.sources = (ckpt or {}).get("config_sources") or sources or current_sources()
+            for line in shadowed(self.sources, _choices()):
+                self.log.warning("%s", line)
             if self.launched:
                 self.open(cfg)
             else:  # (the launcher's parent said it)
