@@ -40,6 +40,8 @@ class SweepJob:
                 cfg.hydra.output_subdir = None  # one record of the composition, by rank 0
         ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        if not is_trainforge(cfg):  # another app: its JobReturn as it is (the task's value, its config)
+            return {**outcome(ret), "ret": ret}
         return outcome(ret)
 
     def checkpoint(self, *args, **kwargs):
@@ -47,6 +49,11 @@ class SweepJob:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def is_trainforge(config) -> bool:
+    """Whether the sweep's app is trainforge's (its config has trainforge's groups)."""
+    return all(k in config for k in ("model", "data", "loss", "optimizer", "trainer", "checkpoint", "log"))
 
 
 def outcome(ret) -> dict:

@@ -18,6 +18,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf, open_dict
 
+from ._job import is_trainforge
 from ._session import drop_empty, kill_group, say, session_executor, terminate
 
 # keys the launcher sets for a job unless the user did; they do not tell jobs apart
@@ -39,6 +40,7 @@ class Entry:
     log: str = ""
     value: Any = None
     skipped: bool = False
+    ret: Any = None  # a foreign app's JobReturn, as its job made it
 
 
 def check_params(params: dict) -> None:
@@ -74,6 +76,7 @@ class _SubmititLauncher(Launcher):
         from trainforge.cli import keep_sweep_record
 
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+        self.ours = is_trainforge(config)  # another Hydra app gets the pool and the queue, not our checks
         keep_sweep_record(str(config.hydra.sweep.dir))  # before the sweeper rewrites its multirun.yaml
 
     # ---- the sweep ------------------------------------------------------------------
@@ -119,7 +122,8 @@ class _SubmititLauncher(Launcher):
         except Exception:  # noqa: BLE001 - the job itself will report what is wrong with its config
             return sweep_dir / str(num)
         try:
-            validate(job)
+            if self.ours:
+                validate(job)
         except ConfigError as e:
             raise ConfigError(f"job {num} ({' '.join(filter_overrides(overrides)) or 'defaults'}): {e}") from None
         return run_dir
@@ -185,6 +189,7 @@ class _SubmititLauncher(Launcher):
                 raise _NoResult("the job ended without a result")
             out = e.job.result()
             e.status, e.value, e.error = out["status"], out.get("value"), out.get("error", "")
+            e.ret = out.get("ret")
         except Exception as exc:  # noqa: BLE001 - the job died outside the task: report, don't raise
             record = status_of(e.run_dir) or {}
             e.status = "PREEMPTED" if record.get("status") == "PREEMPTED" else \
@@ -223,6 +228,10 @@ class _SubmititLauncher(Launcher):
         from trainforge.errors import SweepFailed, SweepStopped
         from trainforge.analysis.summary import job_row, table, write_summary
 
+        if not self.ours:  # another app's jobs: their own returns, as Hydra's launchers give them
+            return [e.ret if e.ret is not None else JobReturn(overrides=e.overrides, status=JobStatus.FAILED,
+                                                              _return_value=RuntimeError(e.error or e.status))
+                    for e in entries]
         for e in entries:
             self.rows[e.num] = job_row(e.num, " ".join(filter_overrides(e.overrides)), e.run_dir, e.status,
                                        e.error, e.log, ",".join(e.gpus or ()))
