@@ -75,3 +75,15 @@ def test_an_option_of_the_users_with_a_built_in_name_is_said_not_to_be_used(env,
     assert (f"model=unet: {project / 'conf' / 'model' / 'unet.yaml'} is not used: the built-in option of that name "
             "comes first in the config search path; give yours another name") in log
     assert "base_channels: 8" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_conf_of_the_working_directory_is_found_and_resumes_from_elsewhere(env, tmp_path):
+    """``cd my_project && trainforge model=my_net``: ./conf joins the search path, the project
+    folder is importable, and the run records the folder for its resume from elsewhere."""
+    project = user_project(tmp_path / "my_project")
+    train(env, project, "model=my_net", *SHORT, "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'run'}")
+    record = json.loads((tmp_path / "run" / "status.json").read_text())["config_sources"]
+    assert ["trainforge (./conf)", f"file://{project / 'conf'}"] in record["search_path"]
+    assert "_target_: my_nets.TinyNet" in (tmp_path / "run" / "config.yaml").read_text()
+    train(env, tmp_path, f"resume={tmp_path / 'run'}", "trainer.epochs=2")
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["epoch"] == 2

@@ -40,7 +40,8 @@ def sources_with(config_dirs, config_name: str = "train") -> dict:
 
 def user_folders(sources: dict) -> list:
     """The config folders of ``sources`` on disk (``file://`` entries)."""
-    return [path[len("file://"):] for _, path in sources["search_path"] if path.startswith("file://")]
+    return list(dict.fromkeys(path[len("file://"):] for _, path in sources["search_path"]
+                              if path.startswith("file://")))
 
 
 def compose_config(sources: dict, overrides: list, why: str = "compose"):
