@@ -123,6 +123,21 @@ def write_h5(path, **arrays) -> Path:
     return Path(path)
 
 
+def build_wheel(out) -> "Path":
+    """A wheel of this checkout, built from a copy in ``out`` (a build leaves build/ behind)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    source = Path(out) / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "tests", "build", "dist", "*.egg-info",
+                                                                "__pycache__", ".whl", "outputs", "multirun"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(Path(out) / "dist"), str(source)], check=True, capture_output=True, timeout=300)
+    return next((Path(out) / "dist").glob("trainforge-*.whl"))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """In CI (CI=true) a skipped test fails unless it needs a GPU: CI installs every

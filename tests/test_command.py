@@ -9,7 +9,7 @@ import venv
 
 import pytest
 
-from conftest import ROOT, SMALL
+from conftest import SMALL, build_wheel
 from test_old_names import FIXTURE
 
 TINY_NET = ("from torch import nn\n\n\nclass TinyNet(nn.Module):\n"
@@ -45,9 +45,7 @@ def user_project(root):
 
 @pytest.mark.slow
 def test_a_wheel_in_a_fresh_venv_trains_sweeps_and_analyses_a_user_project(env, tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True, timeout=300)
-    wheel = next((tmp_path / "dist").glob("trainforge-*.whl"))
+    wheel = build_wheel(tmp_path)
     venv.create(tmp_path / "venv", system_site_packages=True, with_pip=True)  # torch, hydra... from the machine
     bin_dir = tmp_path / "venv" / "bin"
     subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],

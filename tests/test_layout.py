@@ -154,13 +154,11 @@ def test_files_and_functions_stay_short(root):
 @pytest.mark.slow
 def test_a_wheel_carries_every_config(tmp_path):
     """The configs are package data: a wheel holds each YAML of src/trainforge/conf."""
-    import subprocess
-    import sys
     import zipfile
 
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path), str(SRC.parent)], check=True, capture_output=True, timeout=300)
-    wheel = next(tmp_path.glob("trainforge-*.whl"))
+    from conftest import build_wheel
+
+    wheel = build_wheel(tmp_path)
     held = {n for n in zipfile.ZipFile(wheel).namelist() if n.startswith("trainforge/conf/")}
     wanted = {f"trainforge/{p.relative_to(PKG).as_posix()}" for p in (PKG / "conf").rglob("*.yaml")}
     assert wanted and wanted <= held, sorted(wanted - held)

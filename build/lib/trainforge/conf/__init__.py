@@ -1,1 +1,0 @@
-"""trainforge's packaged configs (Hydra: ``pkg://trainforge.conf``)."""

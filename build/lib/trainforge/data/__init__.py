@@ -1,8 +1,0 @@
-"""Datasets and data specs. A data spec (``data=`` group) holds loader settings
-(batch_size, num_workers, pin_memory), builds its train/val datasets and its metrics."""
-from trainforge.data.digits import DigitsData
-from trainforge.data.glint import GlintData
-from trainforge.data.sampler import EpochSampler
-from trainforge.data.seqset import SeqSetData
-
-__all__ = ["DigitsData", "GlintData", "EpochSampler", "SeqSetData"]

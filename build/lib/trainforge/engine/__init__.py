@@ -1,1 +1,0 @@
-"""The training engine: loop (trainer), side effects (hooks), precision, checkpoints, logging."""
