@@ -48,8 +48,8 @@ def test_help_lists_every_option_no_schema_and_the_commands():
     groups = listed(HELP)
     assert "_schema" not in HELP and "powered by Hydra" not in HELP
     assert groups == {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in [*GROUPS, "experiment"]}
-    for command in ("python train.py optimizer.lr=", "scheduler=cosine", "-m loss=focal,hybrid",
-                    "resume=RUN_DIR", "trainer.devices=2", "scripts/analyze_training.py RUN_DIR", "--cfg job"):
+    for command in ("trainforge optimizer.lr=", "scheduler=cosine", "-m loss=focal,hybrid",
+                    "resume=RUN_DIR", "trainer.devices=2", "trainforge analyze RUN_DIR", "--cfg job", "--config-dir"):
         assert command in HELP, command
 
 
