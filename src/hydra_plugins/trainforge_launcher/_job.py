@@ -5,7 +5,7 @@ import os
 from typing import Any, Dict, List, Optional
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobStatus, run_job, setup_globals
+from hydra.core.utils import JobStatus, filter_overrides, run_job, setup_globals
 from omegaconf import open_dict
 
 
@@ -67,3 +67,10 @@ def outcome(ret) -> dict:
     code = getattr(exc, "exit_code", None)
     error = one_line(exc) if isinstance(exc, USER_ERRORS) else f"{type(exc).__name__}: {one_line(exc)}"
     return {"status": "PREEMPTED" if code == 75 else "FAILED", "error": error, "exit_code": code}
+
+
+def varying(overrides: List[List[str]]) -> List[str]:
+    """Each job's overrides minus those every job shares (all of them for a single job)."""
+    lists = [filter_overrides(o) for o in overrides]
+    common = set.intersection(*map(set, lists)) if len(lists) > 1 else set()
+    return [" ".join(o for o in lst if o not in common) or "(defaults)" for lst in lists]

@@ -18,7 +18,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf, open_dict
 
-from ._job import is_trainforge
+from ._job import is_trainforge, varying
 from ._session import drop_empty, kill_group, say, session_executor, terminate
 
 # keys the launcher sets for a job unless the user did; they do not tell jobs apart
@@ -376,11 +376,6 @@ def _killed(run_dir: Path, record: dict, why: str) -> dict:
 
 
 
-def varying(overrides: List[List[str]]) -> List[str]:
-    """Each job's overrides minus those every job shares (all of them for a single job)."""
-    lists = [filter_overrides(o) for o in overrides]
-    common = set.intersection(*map(set, lists)) if len(lists) > 1 else set()
-    return [" ".join(o for o in lst if o not in common) or "(defaults)" for lst in lists]
 
 
 def _key(override: str) -> str:

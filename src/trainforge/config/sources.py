@@ -56,7 +56,6 @@ def compose_config(sources: dict, overrides: list, why: str = "compose"):
     from hydra.types import RunMode
     from omegaconf import open_dict
 
-    import trainforge  # noqa: F401  (schemas and resolvers)
 
     folders = user_folders(sources)
     for folder in folders:

@@ -23,7 +23,6 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self):
         from hydra import compose, initialize_config_dir
 
-        import trainforge  # noqa: F401  (schemas and resolvers)
         from trainforge.run.train import run
 
         with initialize_config_dir(config_dir=self.config_dir, version_base="1.3"):
