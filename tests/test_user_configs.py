@@ -46,7 +46,7 @@ def test_a_user_config_run_resumes_from_another_directory_exactly(env, tmp_path,
     train(env, project, *args, "trainer.epochs=2", f"hydra.run.dir={tmp_path / 'straight'}")
     train(env, project, *args, "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'split'}")
     sources = json.loads((tmp_path / "split" / "status.json").read_text())["config_sources"]
-    assert [p for _, p in sources["search_path"] if p.startswith("file://")] == [f"file://{project / 'conf'}"]
+    assert {p for _, p in sources["search_path"] if p.startswith("file://")} == {f"file://{project / 'conf'}"}
     assert sources["config_name"] == ("myproj" if mode == "config_name" else "train")
     train(env, elsewhere, f"resume={tmp_path / 'split'}", "trainer.epochs=2")
     assert "my_nets.TinyNet" in (tmp_path / "split" / "config.yaml").read_text()
