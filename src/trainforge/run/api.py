@@ -23,8 +23,8 @@ _COMPOSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # cfg -> (
 
 
 def compose(overrides=(), config_dir=None, config_name: str = "train") -> DictConfig:
-    """The config ``python train.py OVERRIDES`` would train: the packaged configs, plus
-    ``config_dir`` (a folder of your own, as ``--config-dir``) searched first."""
+    """The config ``trainforge OVERRIDES`` would train: the packaged configs, and
+    ``config_dir`` (a folder of your own) after them, as ``--config-dir`` adds it."""
     from trainforge.config.sources import compose_config, sources_with
 
     overrides, sources = list(overrides), sources_with([config_dir] if config_dir else [], config_name)
