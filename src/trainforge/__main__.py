@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import sys
 
-SUBCOMMANDS = ("analyze",)
-
-
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["analyze"]:

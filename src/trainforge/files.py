@@ -300,9 +300,6 @@ class RunRecord:
         """``where`` itself if it is a RunRecord, else a writer for the run directory ``where``."""
         return where if isinstance(where, cls) else cls(where)
 
-    def path(self, name: str) -> Path:
-        return self.run_dir / name
-
     def status(self, status: str, **fields) -> None:
         if self.writes:
             write_status(self.run_dir, status, **fields)

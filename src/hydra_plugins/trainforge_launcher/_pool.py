@@ -116,9 +116,6 @@ def ids_as_ints(group: Optional[tuple]) -> Optional[tuple]:
 
 
 def status_of(run_dir: Path) -> Optional[dict]:
-    import json
+    from trainforge.files import read_status
 
-    try:
-        return json.loads((Path(run_dir) / "status.json").read_text())
-    except (OSError, ValueError):
-        return None
+    return read_status(run_dir) or None

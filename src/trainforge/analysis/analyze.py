@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from trainforge.analysis import plots
+from trainforge.files import PLOTS
 from trainforge.analysis.runs import (RUN_FILES, AnalysisError, comparison, format_summary, is_run, job_dirs,
                                       labels, load_run, summary, sweep_runs)
 from trainforge.analysis.runs import *  # noqa: F401,F403  (the names this module had)
@@ -29,7 +30,7 @@ def analyze_sweep(path: Path, batch_metrics: bool, window: int | None, out=print
     table, monitor, mode = comparison(runs)
     table.to_csv(path / "comparison.csv", index=False)
     figures = plots.sweep_figures(runs, labels(runs), batch_metrics, window)
-    files = plots.save(figures, path / "plots")
+    files = plots.save(figures, path / PLOTS)
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 12, "display.max_colwidth", 40):
@@ -48,7 +49,7 @@ def analyze_run(path: Path, batch_metrics: bool, window: int | None, out=print) 
     run = load_run(path, batch_metrics)
     facts = summary(run)
     figures = plots.run_figures(run, window)
-    files = plots.save(figures, path / "plots")
+    files = plots.save(figures, path / PLOTS)
     out(format_summary(facts))
     out(f"Plots ({len(files)}) in {path / 'plots'}: " + ", ".join(f.name for f in files) if files
         else "Plots: none (no epoch or batch rows yet)")

@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainforge.files import BATCH_CSV, EPOCH_CSV, METRICS_JSON, STATUS, TRAINING_LOG, process_ended
+from trainforge.files import BATCH_CSV, CONFIG, EPOCH_CSV, METRICS_JSON, STATUS, TRAINING_LOG, process_ended
 
 RUN_FILES = (EPOCH_CSV, METRICS_JSON, BATCH_CSV, STATUS, TRAINING_LOG)
 BATCH_LINE = re.compile(r"Epoch \[(\d+)/(\d+)\] - Progress [\d.]+% \((\d+)/(\d+)\)")
@@ -77,9 +77,9 @@ def _epochs(path: Path, run_notes: list):
     """Epoch rows from epoch_metrics.csv, else metrics.json; one row per epoch (the last)."""
     import pandas as pd
 
-    if (path / "epoch_metrics.csv").exists():
-        frame = read_table(path / "epoch_metrics.csv")
-    elif isinstance(records := _json(path / "metrics.json"), list) and records:
+    if (path / EPOCH_CSV).exists():
+        frame = read_table(path / EPOCH_CSV)
+    elif isinstance(records := _json(path / METRICS_JSON), list) and records:
         frame = _numeric(pd.json_normalize(records, sep="_"))
         run_notes.append("epoch rows read from metrics.json (no epoch_metrics.csv)")
     else:
@@ -91,12 +91,12 @@ def _epochs(path: Path, run_notes: list):
 
 
 def _config(path: Path) -> dict:
-    if not (path / "config.yaml").exists():
+    if not (path / CONFIG).exists():
         return {}
     from omegaconf import OmegaConf
 
     try:
-        return OmegaConf.to_container(OmegaConf.load(path / "config.yaml"))
+        return OmegaConf.to_container(OmegaConf.load(path / CONFIG))
     except Exception:  # noqa: BLE001 - a damaged config only costs the monitor's name
         return {}
 
@@ -106,7 +106,7 @@ def load_run(path, batch_metrics: bool = True) -> Run:
     path = Path(path)
     notes: list = []
     run = Run(path, _epochs(path, notes), notes=notes)
-    run.status = _json(path / "status.json") or {}
+    run.status = _json(path / STATUS) or {}
     cfg = _config(path)
     best = run.status.get("best") or {}
     ck = cfg.get("checkpoint", {})
@@ -118,12 +118,12 @@ def load_run(path, batch_metrics: bool = True) -> Run:
         from omegaconf import OmegaConf
 
         run.overrides = [str(o) for o in OmegaConf.load(overrides)]
-    for name in ("epoch_metrics.csv", "metrics.json", "status.json", "training.log", "config.yaml"):
+    for name in (EPOCH_CSV, METRICS_JSON, STATUS, TRAINING_LOG, CONFIG):
         if not (path / name).exists():
             run.missing.append(name)
     if batch_metrics:
-        if (path / "batch_metrics.csv").exists():
-            run.batches = read_table(path / "batch_metrics.csv")
+        if (path / BATCH_CSV).exists():
+            run.batches = read_table(path / BATCH_CSV)
         else:
             run.missing.append("batch_metrics.csv (train with log.batch_metrics=true for the batch plots)")
     return run
@@ -143,7 +143,7 @@ def best_epoch(run: Run):
 def _log_facts(path: Path) -> tuple:
     """(times resumed, the last batch line's (epoch, epochs, batch, batches) or None)."""
     try:
-        data = (path / "training.log").read_bytes()
+        data = (path / TRAINING_LOG).read_bytes()
     except OSError:
         return 0, None
     lines = BATCH_LINE.findall(data[-65536:].decode(errors="replace"))

@@ -2,28 +2,22 @@
 printed as a table and written to ``summary.csv`` at the sweep's root."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+from trainforge.files import TRAINING_LOG, read_status
+
 
 SUMMARY = "summary.csv"
-
-
-def _status_json(run_dir: Path) -> dict:
-    try:
-        return json.loads((Path(run_dir) / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def job_row(job, overrides: str, run_dir, status=None, error="", log="", gpus="") -> dict:
     """A summary row: job, overrides, status, epochs run, best monitored value, GPUs, run
     dir, error line and log of a failed job, final metrics. ``status`` and ``error`` (the
     launcher's view) win over the job's status.json, which a killed job never finished."""
-    record = _status_json(run_dir)
+    record = read_status(run_dir)
     row = {"job": job, "overrides": overrides, "status": status or record.get("status") or "UNKNOWN",
            "epochs": record.get("epoch")}
     best = record.get("best") or {}
@@ -79,7 +73,7 @@ def summarize(sweep_dir) -> Path:
         job = status_file.parent
         overrides = job / ".hydra" / "overrides.yaml"
         rows.append(job_row(job.name, " ".join(OmegaConf.load(overrides)) if overrides.exists() else "", job,
-                            log=job / "training.log"))
+                            log=job / TRAINING_LOG))
     return write_summary(sweep_dir, rows)
 
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainforge.files import BATCH_CSV, EPOCH_CSV, METRICS_JSON, RunRecord
+from trainforge.files import BATCH_CSV, EPOCH_CSV, METRICS_JSON, TRAINING_LOG, RunRecord
 from trainforge.errors import WriteError
 
 LOGGER = "trainforge"
@@ -166,7 +166,7 @@ def setup_logging(run_dir, main: bool = True, hold: bool = False) -> logging.Log
     if not main:
         log.addHandler(logging.NullHandler())
         return log
-    file = BatchedFileHandler(Path(run_dir) / "training.log", mode="a", encoding="utf-8", delay=True)
+    file = BatchedFileHandler(Path(run_dir) / TRAINING_LOG, mode="a", encoding="utf-8", delay=True)
     file.setFormatter(logging.Formatter(FILE_FORMAT))
     if hold:
         file.addFilter(_Held())

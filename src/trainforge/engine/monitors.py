@@ -15,6 +15,7 @@ import torch
 from trainforge.engine.logging import flatten
 from trainforge.engine.trainer import HookBase
 from trainforge.errors import ConfigError
+from trainforge.files import TENSORBOARD
 
 GIB = 2 ** 30
 
@@ -34,7 +35,7 @@ class TensorBoardHook(HookBase):
         if importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("log.tensorboard=true: the tensorboard package is not installed; "
                               "pip install 'trainforge[tensorboard]' (or tensorboard)")
-        self.dir = Path(run_dir) / "tensorboard"
+        self.dir = Path(run_dir) / TENSORBOARD
         self.writer = None
         logging_hook.sinks.append(self.add_batches)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from trainforge.errors import CheckpointError, ConfigError
-from trainforge.files import BEST_WEIGHTS, CONFIG, LATEST, read_status
+from trainforge.files import BEST_WEIGHTS, CONFIG, LATEST, METRICS_JSON, read_status
 
 _COMPOSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # cfg -> (overrides, sources) it came from
 
@@ -64,7 +64,7 @@ def fit(cfg, run_dir=None, overrides=None) -> Result:
     validate(cfg)
     run(cfg, run_dir=run_dir, overrides=overrides, validated=True, sources=sources)
     record = read_status(run_dir)
-    metrics_file = Path(run_dir) / "metrics.json"
+    metrics_file = Path(run_dir) / METRICS_JSON
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else []
     return Result(record.get("status", "UNKNOWN"), record.get("best") or {}, metrics, Path(run_dir))
 
