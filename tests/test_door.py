@@ -296,13 +296,14 @@ def test_bad_inputs_on_the_command_line(env, files, tmp_path):
 
 
 def test_a_crash_says_where_its_traceback_is(env, tmp_path):
-    """A bug, not a user error (here: a model of the user's own, which the door does not
-    check, whose output does not fit the masks): exit 1, one stderr line naming
-    training.log, which holds the traceback."""
+    """A bug, not a user error (here: a model of the user's own that fails in its third
+    training step, after the dry batch passed): exit 1, one stderr line naming training.log,
+    which holds the traceback."""
     (tmp_path / "own_model.py").write_text(
         "import torch\n\nclass Model(torch.nn.Module):\n    def __init__(self, **keys):\n"
-        "        super().__init__()\n        self.conv = torch.nn.Conv2d(1, 1, 3)  # no padding: 30x30 logits\n\n"
-        "    def forward(self, x):\n        return self.conv(x)\n")
+        "        super().__init__()\n        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)\n        self.calls = 0\n\n"
+        "    def forward(self, x):\n        self.calls += 1\n        if self.calls == 3:\n"
+        "            raise RuntimeError('a bug in step 2')\n        return self.conv(x)\n")
     run_dir = tmp_path / "run"
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *QUICK, "model._target_=own_model.Model",
                            f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True, timeout=300,

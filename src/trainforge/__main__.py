@@ -2,6 +2,7 @@
 
     trainforge [overrides]            train: what ``python train.py [overrides]`` does (-m, --cfg, --help, resume=...)
     trainforge analyze DIR [options]  plots and a summary of a run or a sweep directory
+    trainforge new NAME [--dir DIR]   a new project of your own (model, data, loss, metric, conf/, a test)
 """
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ def main(argv=None) -> None:
         from trainforge.analysis.analyze import main as analyze
 
         sys.exit(analyze(argv[1:]))
+    if argv[:1] == ["new"]:
+        from trainforge.run.new import main as new
+
+        sys.exit(new(argv[1:]))
     from trainforge.cli import train_command
 
     sys.argv = [sys.argv[0], *argv]

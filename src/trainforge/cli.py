@@ -40,9 +40,16 @@ HYDRA_RECORD = {"config.yaml", "hydra.yaml", "overrides.yaml"}
 SWEEP_RECORD = "multirun.yaml"  # what Hydra writes in a sweep directory before any job runs
 
 
+_MADE_FROM: dict = {}  # new directory -> its highest ancestor that did not exist either (outputs/, say)
+
+
 def _new_dir(path: str) -> str:
     if path not in _NEW_DIRS and not os.path.exists(path):
         _NEW_DIRS.append(path)
+        top = Path(path)
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
+        _MADE_FROM[path] = top
     return path
 
 
@@ -96,8 +103,23 @@ def drop_refused_run_dirs() -> None:
             run_dir.rmdir()
             if name not in _GIVEN:
                 run_dir.parent.rmdir()  # outputs/DATE/ when this was its only run (not empty: stays)
+            _drop_empty_parents(run_dir.parent, _MADE_FROM.get(name))
         except OSError:
             continue
+
+
+def _drop_empty_parents(folder: Path, top) -> None:
+    """The folders above a dropped run directory up to ``top`` (``outputs/``, when this process
+    made it), where they are empty."""
+    if top is None or folder == Path(top) or Path(top) not in folder.parents:
+        return
+    for parent in folder.parents:
+        if parent == Path(top).parent:
+            break
+        try:
+            parent.rmdir()
+        except OSError:
+            break
 
 
 def start_time(pattern: str) -> str:
@@ -152,20 +174,34 @@ def one_line(exc: BaseException) -> str:
 
 
 def _did_you_mean(err, full_key: str) -> str:
-    """For an unknown key of a schema-typed node: the closest key a schema declares."""
+    """For an unknown key of a schema-typed node: the closest key a schema declares; of a
+    node of the user's (a ``_target_`` without a schema): the closest argument of its callable."""
     from trainforge.config import SCHEMAS
     from trainforge.config.rules import closest
 
     kind = getattr(err, "object_type", None)
-    if not (dataclasses.is_dataclass(kind) and str(getattr(err, "msg", "")).startswith("Key '")):
+    if not str(getattr(err, "msg", "")).startswith("Key '"):
         return ""
     parent, _, _ = str(full_key).rpartition(".")
-    known = [f"{parent + '.' if parent else ''}{f.name}" for f in dataclasses.fields(kind)]
+    if dataclasses.is_dataclass(kind):
+        known = [f"{parent + '.' if parent else ''}{f.name}" for f in dataclasses.fields(kind)]
+    else:
+        known = [f"{parent}.{name}" for name in _arguments(getattr(err, "parent_node", None))]
     if not parent:  # the root: a key may have lost its group
         known += [f"{g}.{f.name}" for g, opts in SCHEMAS.items() for node in opts.values()
                   for f in dataclasses.fields(node)]
     close = closest(str(full_key), known)
     return f"; did you mean {close}?" if close else ""
+
+
+def _arguments(node) -> list:
+    """The argument names of the callable a config node's ``_target_`` names (none if it has none)."""
+    from trainforge.config.targets import locate, parameters
+
+    try:
+        return list(parameters(locate("", node["_target_"]))[0]) if node is not None and "_target_" in node else []
+    except Exception:  # noqa: BLE001 - only a hint: the error itself is reported anyway
+        return []
 
 
 def guarded(main) -> None:
@@ -248,7 +284,10 @@ def train_command() -> None:
     ``--cfg``, ``--help``, ``--config-dir``, ...), user errors as one line."""
     import hydra
 
+    from trainforge.config.targets import install
+
     user_folders_importable(sys.argv[1:])
+    install()  # a node naming another _target_ replaces the one it lands on
     guarded(hydra.main(config_path="pkg://trainforge.conf", config_name="train", version_base="1.3")(task))
 
 

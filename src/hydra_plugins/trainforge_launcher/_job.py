@@ -32,6 +32,10 @@ class SweepJob:
         Singleton.set_state(self.singleton_state)
         setup_globals()
         env = submitit.JobEnvironment()
+        if is_trainforge(self.config):  # composed by trainforge's rules, as in the process that started the sweep
+            from trainforge.config.targets import install
+
+            install()
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, self.overrides)
         with open_dict(cfg.hydra):
             cfg.hydra.job.id = env.job_id

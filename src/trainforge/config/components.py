@@ -7,7 +7,7 @@ A default is written here once; an option's YAML says only what differs from it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 from omegaconf import MISSING
 
@@ -177,6 +177,35 @@ class SeqSetConf(DataConf):
     embed_dim: int = opt(32, at_least(1))  # generator: width of the fixed variable-embedding table
     RULES: ClassVar[tuple] = (
         Rule("max_length", lambda n, cfg: n.max_length >= n.min_length, "must be >= data.min_length={node.min_length}"),
+    )
+
+
+def _is_dataset(node) -> bool:
+    from omegaconf import DictConfig
+
+    return isinstance(node, DictConfig) and "_target_" in node
+
+
+@dataclass
+class DatasetsConf:
+    """Plain PyTorch datasets (any ``torch.utils.data.Dataset``): ``train`` and ``val`` (and
+    ``test``) are ``_target_`` nodes; the rest are the loaders' settings. A ``data`` node with
+    ``train`` and no ``_target_`` is this one (``config/targets.py``)."""
+
+    _target_: str = "trainforge.data.Datasets"
+    train: Any = MISSING
+    val: Any = MISSING
+    test: Any = None
+    batch_size: int = opt(32, at_least(1))
+    num_workers: int = opt(0, at_least(0))
+    pin_memory: bool = False
+    shuffle: bool = True
+    collate_fn: Optional[str] = None  # import path of a function that makes a batch of a list of items
+    RULES: ClassVar[tuple] = (
+        Rule("train", lambda n, cfg: _is_dataset(n.train), "must be a dataset: {{_target_: my_pkg.MyDataset, ...}}"),
+        Rule("val", lambda n, cfg: _is_dataset(n.val), "must be a dataset: {{_target_: my_pkg.MyDataset, ...}}"),
+        Rule("test", lambda n, cfg: n.test is None or _is_dataset(n.test),
+             "must be null or a dataset: {{_target_: my_pkg.MyDataset, ...}}"),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 
 from trainforge.config.components import *  # noqa: F401,F403  (the schema classes)
-from trainforge.config.components import (BCEConf, CEConf, CNNConf, DiceConf, DigitsConf, ELBOConf, FocalConf,
+from trainforge.config.components import (BCEConf, CEConf, CNNConf, DatasetsConf, DiceConf, DigitsConf, ELBOConf, FocalConf,
                                           GlintConf, HybridConf, SeqEncoderConf, SeqSetConf, SeqSetVAEConf, UNetConf)
 from trainforge.config.training import *  # noqa: F401,F403
 from trainforge.config.training import (AdamConf, AdamWConf, CheckpointConf, CollapseConf, CosineConf, LogConf,
@@ -33,6 +33,7 @@ SCHEMAS = {
 
 BY_TARGET = {node._target_: node for options in SCHEMAS.values() for node in options.values()
              if isinstance(getattr(node, "_target_", None), str)}
+BY_TARGET[DatasetsConf._target_] = DatasetsConf  # plain datasets: a data node with train (no option file)
 # top-level keys trainforge reads besides TrainConf's fields (none today: add a field to TrainConf instead)
 EXTRA_TOP_LEVEL = ()
 

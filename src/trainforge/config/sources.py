@@ -63,6 +63,9 @@ def compose_config(sources: dict, overrides: list, why: str = "compose"):
             raise ConfigError(f"{why}: the config folder {folder} is gone (the run was composed with it); put it "
                               "back, or resume from a copy that has it")
     importable([str(Path(f).parent) for f in folders])
+    from trainforge.config.targets import install
+
+    install()
     Plugins.instance()  # registers the config source kinds (pkg://, file://, structured://)
     search_path = ConfigSearchPathImpl()
     for provider, path in sources["search_path"]:

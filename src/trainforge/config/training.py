@@ -126,6 +126,7 @@ class TrainerConf:
     threads: Optional[int] = opt(None, at_least(1))  # torch intra-op threads, null: torch's default
     compile: bool = False  # torch.compile the model (checkpoints keep the plain state_dict)
     compile_backend: str = "inductor"  # torch.compile's backend (aot_eager: no code generation, for debugging)
+    dry_batch: bool = True  # check data, model, loss and metrics on one batch before the run opens (changes nothing)
 
 
 @dataclass
@@ -160,6 +161,10 @@ class TrainConf:
     trainer: TrainerConf = field(default_factory=TrainerConf)
     checkpoint: CheckpointConf = field(default_factory=CheckpointConf)
     collapse: CollapseConf = field(default_factory=CollapseConf)
+    # validation metrics of your own: name -> {_target_: ...} (a list is named after the classes)
+    metrics: Any = field(default_factory=dict)
+    # callbacks of your own: name -> {_target_: ...}, objects with the hook methods of trainforge.Callback
+    callbacks: Any = field(default_factory=dict)
     seed: int = opt(0, interval(0, 2 ** 32 - 1, integer=True))
     name: str = "train"
     resume: Optional[str] = opt(None, resume_target)

@@ -6,6 +6,7 @@ groups that no single schema holds.
 from __future__ import annotations
 
 from trainforge.config.rules import check_config, schema_of
+from trainforge.config.targets import check_targets
 from trainforge.config.schemas import BY_TARGET, EXTRA_TOP_LEVEL, SCHEMAS, TrainConf
 from trainforge.errors import ConfigError
 
@@ -26,6 +27,7 @@ def validate(cfg) -> None:
     ``key=value: what is allowed``): unknown keys, then each schema's declared checks."""
     check_config(cfg, TrainConf, BY_TARGET, EXTRA_TOP_LEVEL)
     _not_built_yet(cfg)
+    check_targets(cfg, BY_TARGET)  # the user's own classes: against their signatures
 
 
 

@@ -43,9 +43,10 @@ class DeviceLoader:
             yield tuple(a.index_select(0, idx) for a in self.arrays)
 
 
-def device_loaders(data, train_set, val_set, sampler, device):
-    """(train, val) DeviceLoaders for a data spec with ``on_device``; a clear error where
-    the data set cannot live on the device."""
+def device_loaders(data, train_set, val_set, sampler, device, val_part=None):
+    """(train, val) DeviceLoaders for a data spec with ``on_device`` (``val_part``: the
+    validation indices of this rank, default all); a clear error where the data set cannot
+    live on the device."""
     if not (data.preload or data.shared):
         raise DataError("data.on_device=true: needs data.preload=true (or data.shared_memory=true): "
                         "the arrays are copied to the device once, from memory")
@@ -54,4 +55,4 @@ def device_loaders(data, train_set, val_set, sampler, device):
         raise DataError(f"data.on_device=true: {type(data).__name__} has no fixed-shape arrays "
                         "(its batches are padded per batch); use data.on_device=false")
     return (DeviceLoader(arrays[0], sampler, data.batch_size, device, train_set),
-            DeviceLoader(arrays[1], None, data.batch_size, device, val_set))
+            DeviceLoader(arrays[1], val_part, data.batch_size, device, val_set))

@@ -78,6 +78,20 @@ def weighted_mean(values: tuple, weight: float) -> tuple:
     return (buf[:-1] / buf[-1]).unbind()
 
 
+def summed(value):
+    """``value`` (a tensor or a number) summed over ranks, in float64, as the same kind of
+    value (an integer count stays an integer). At world size 1: ``value`` itself."""
+    if world_size() == 1 or value is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        buf = value.detach().double().clone()
+        dist.all_reduce(buf)
+        return buf.to(value.dtype)
+    buf = torch.tensor([float(value)], dtype=torch.float64)
+    dist.all_reduce(buf, group=_STATE["control"])
+    return type(value)(buf.item()) if isinstance(value, (int, float)) else buf.item()
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank if ``flag`` is true on any (a host-side all-reduce over gloo)."""
     if world_size() == 1:

@@ -18,20 +18,26 @@ from trainforge.engine.checkpoint import CheckpointManager, LATEST
 from trainforge.engine.logging import (LOGGER, BatchCSV, batch_file_writer, batch_line, epoch_block, flatten,
                                       flush_handlers, write_epoch_files)
 from trainforge.engine.rng import RNGState
-from trainforge.engine.trainer import HookBase, to_device
+from trainforge.engine.trainer import HookBase, batch_len, call, to_device
 from trainforge.files import RunRecord
 
 log = logging.getLogger(LOGGER)
 
 
 class EvalHook(HookBase):
-    """After each epoch: the validation loss (sample-weighted mean), its components and
-    the data's metrics, into ``trainer.val_metrics`` ({"loss": .., "dice": .., ...}).
-    Every rank evaluates the whole validation set, so the results need no reduction and
-    equal a one-process run's exactly (also for metrics that do not decompose over shards)."""
+    """After each epoch: the validation loss (sample-weighted mean), its components and the
+    metrics (a ``MetricSet``), into ``trainer.val_metrics`` ({"loss": .., "dice": .., ...}).
+    ``sharded`` (DDP): this rank's loader holds its own contiguous part of the set (no sample
+    twice, none padded); the loss sums and sample counts are summed over ranks and each metric
+    is synced by its protocol, so the values equal a one-process run's (to float rounding).
+    Unsharded, every rank evaluates the whole set and nothing is reduced."""
 
-    def __init__(self, loader, metrics):
-        self.loader, self.metrics = loader, metrics
+    def __init__(self, loader, metrics, sharded: bool = False):
+        from trainforge.engine.components import MetricState
+
+        self.loader, self.metrics, self.sharded = loader, metrics, sharded
+        metrics.sharded = sharded
+        self.states = [MetricState(k, m) for k, m in metrics.state_dicts().items()]  # saved in checkpoints
 
     @torch.no_grad()
     def after_epoch(self) -> None:
@@ -40,14 +46,19 @@ class EvalHook(HookBase):
         model.eval()
         self.metrics.reset()
         sums = torch.zeros(1 + len(t.component_names), dtype=torch.float64, device=t.device)
+        count = 0
         for batch in self.loader:
             inputs, target = to_device(batch, t.device)
             with t.precision.autocast():
-                output = model(inputs)
+                output = call(model, inputs, t.call_style)
             loss, parts = t.loss_fn(output, target)
-            sums += torch.stack([loss, *(parts[k] for k in t.component_names)]).double() * len(target)
+            n = batch_len(target)
+            sums += torch.stack([loss, *(parts[k] for k in t.component_names)]).double() * n
+            count += n
             self.metrics.update(output, target)
-        values = (sums / len(self.loader.dataset)).tolist()
+        if self.sharded:
+            sums, count = dist.summed(sums), dist.summed(count)
+        values = (sums / count).tolist()
         t.val_metrics = {"loss": values[0], **dict(zip(t.component_names, values[1:])), **self.metrics.compute()}
         model.train()
 
@@ -140,12 +151,12 @@ class PlateauHook(HookBase):
 
 
 def component_states(trainer) -> dict:
-    """The components that keep their own state in the checkpoint: every hook, and the
-    loss, with a ``state_key`` and ``state_dict()`` / ``load_state_dict()`` (early stopping,
+    """The components that keep their own state in the checkpoint: every hook (and the
+    parts a hook lists in ``states``: the user's metrics), and the loss, with a ``state_key`` and ``state_dict()`` / ``load_state_dict()`` (early stopping,
     EMA weights, ...). Saved under ``state_key``; a checkpoint without it (an older one)
     restores the component fresh, with a warning naming it."""
     found = {}
-    for part in (*trainer.hooks, trainer.loss_fn):
+    for part in (*trainer.hooks, *(s for h in trainer.hooks for s in getattr(h, "states", ())), trainer.loss_fn):
         key = getattr(part, "state_key", None)
         if key:
             if key in found or key in RESERVED_KEYS:

@@ -30,6 +30,27 @@ def to_device(obj, device: torch.device):
     return obj
 
 
+def call(model, inputs, style: str = "whole"):
+    """The model on a batch's inputs: ``model(inputs)``, or spread as ``model(*inputs)`` /
+    ``model(**inputs)`` (``style``: how ``forward`` takes them, ``engine/components.call_style``)."""
+    if style == "spread":
+        return model(*inputs)
+    if style == "keywords":
+        return model(**inputs)
+    return model(inputs)
+
+
+def batch_len(target) -> int:
+    """Samples in a batch: the first dimension of its target (or of the target's first tensor)."""
+    if isinstance(target, torch.Tensor):
+        return len(target)
+    parts = target.values() if isinstance(target, dict) else target if isinstance(target, (tuple, list)) else ()
+    for part in parts:
+        if isinstance(part, (torch.Tensor, dict, tuple, list)):
+            return batch_len(part)
+    return len(target)
+
+
 class HookBase:
     """A periodic side effect. The trainer calls, in hook-list order::
 
@@ -66,11 +87,11 @@ class BaseTrainer:
 
     def __init__(self, model, optimizer, scheduler, loss_fn, train_loader, sampler, precision, device,
                  epochs, grad_accum=1, clip_grad=None, on_nonfinite="stop", max_nonfinite=10, hooks=(),
-                 grad_norm_every=GRAD_NORM_EVERY):
+                 grad_norm_every=GRAD_NORM_EVERY, call_style="whole"):
         self.model, self.optimizer, self.scheduler, self.loss_fn = model, optimizer, scheduler, loss_fn
         self.train_loader, self.sampler, self.precision, self.device = train_loader, sampler, precision, device
         self.epochs, self.grad_accum, self.clip_grad = epochs, grad_accum, clip_grad
-        self.grad_norm_every = grad_norm_every
+        self.grad_norm_every, self.call_style = grad_norm_every, call_style
         self._no_norm = torch.full((), math.nan, device=device)  # grad_norm where none was measured
         self.on_nonfinite, self.max_nonfinite, self.consecutive_nonfinite = on_nonfinite, max_nonfinite, 0
         # skip without a host sync: fused optimizers skip on device when found_inf is set
@@ -119,12 +140,13 @@ class BaseTrainer:
     def run_step(self, batch) -> None:
         """One micro-batch: forward, backward and, at a window boundary, the update."""
         inputs, target = to_device(batch, self.device)
-        weight = len(target) / self._window_samples()
+        samples = batch_len(target)
+        weight = samples / self._window_samples()
         self.batch_in_epoch += 1
         boundary = self.at_boundary()  # this micro-batch ends its accumulation window
         with self._sync_context(boundary):
             with self.precision.autocast():
-                output = self.model(inputs)
+                output = call(self.model, inputs, self.call_style)
             loss, parts = self.loss_fn(output, target)
             self.precision.backward(loss if weight == 1.0 else loss * weight)  # x1.0 is exact: skip the kernel
         lr = self.optimizer.param_groups[0]["lr"]  # the LR this window's update uses
@@ -134,7 +156,7 @@ class BaseTrainer:
         # by one stack, since a loss may return a buffer it changes in place later (ELBO's beta)
         components = [parts[k].detach().float() for k in self.component_names]
         values = (loss.detach().float(), *(torch.stack(components).unbind() if components else ()), grad_norm.float())
-        values = dist.weighted_mean(values, len(target))  # the global batch's values, on every rank
+        values = dist.weighted_mean(values, samples)  # the global batch's values, on every rank
         self.stats.add(values)
         meta = {"epoch": self.epoch, "batch": self.batch_in_epoch, "step": self.step, "lr": lr}
         self.meter.push(meta, values)

@@ -1,6 +1,9 @@
 """Validation metrics: accumulate device tensors per batch, one host read in ``compute``.
 
-A metric has ``names``, ``reset()``, ``update(output, target)`` and ``compute() -> dict``."""
+A metric has ``names``, ``reset()``, ``update(output, target)`` and ``compute() -> dict``,
+and says how its state adds up across DDP ranks: ``sum_states`` (sums and counts) or
+``cat_states`` (lists of per-sample tensors, concatenated in rank order); see
+``engine/components.MetricSet`` and docs/own-project.md."""
 from __future__ import annotations
 
 import torch
@@ -10,6 +13,7 @@ class SegmentationMetrics:
     """Dice and IoU of the thresholded sigmoid over the whole validation set (pixel sums)."""
 
     names = ("dice", "iou")
+    sum_states = ("_sums",)  # DDP: summed over ranks before compute
 
     def __init__(self, threshold: float = 0.5):
         self.threshold = threshold
@@ -36,6 +40,7 @@ class AccuracyMetric:
     """Accuracy of class logits (N, C) by argmax, or of binary logits (N,) by sigmoid > 0.5."""
 
     names = ("accuracy",)
+    sum_states = ("_correct", "_total")
 
     def __init__(self):
         self.reset()
@@ -55,22 +60,3 @@ class AccuracyMetric:
 
     def compute(self) -> dict:
         return {"accuracy": self._correct.item() / self._total if self._total else 0.0}
-
-
-class MetricGroup:
-    """Several metrics fed by one validation loop, as one metric (names in order)."""
-
-    def __init__(self, *metrics):
-        self.metrics = metrics
-        self.names = tuple(n for m in metrics for n in m.names)
-
-    def reset(self) -> None:
-        for m in self.metrics:
-            m.reset()
-
-    def update(self, output, target) -> None:
-        for m in self.metrics:
-            m.update(output, target)
-
-    def compute(self) -> dict:
-        return {k: v for m in self.metrics for k, v in m.compute().items()}

@@ -50,6 +50,7 @@ class BinaryMetrics:
     ``compute``, which reads the three numbers in one host transfer."""
 
     names = ("auroc", "auprc", "accuracy")
+    cat_states = ("_scores", "_labels")  # DDP: every rank's, concatenated in rank order, before compute
 
     def __init__(self):
         self.reset()
@@ -66,8 +67,6 @@ class BinaryMetrics:
         if not self._scores:
             return dict.fromkeys(self.names, math.nan)
         scores, labels = torch.cat(self._scores), torch.cat(self._labels)
-        # DDP: under a sharded validation, all_gather scores and labels across ranks here
-        # (today every rank evaluates the whole validation set, so none is needed).
         accuracy = ((scores > 0) == (labels > 0.5)).double().mean()
         values = torch.stack([auroc(scores, labels), auprc(scores, labels), accuracy]).tolist()
         return dict(zip(self.names, values))

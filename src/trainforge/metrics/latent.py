@@ -25,6 +25,7 @@ class LatentStats:
     """
 
     names = ("kl_total", "active_units", "active_fraction", "kl_dims90")
+    sum_states = ("_sums", "_count")  # DDP: summed over ranks before compute
 
     def __init__(self, threshold: float = 0.01, mass: float = 0.9):
         self.threshold, self.mass = threshold, mass
@@ -50,8 +51,6 @@ class LatentStats:
     def compute(self) -> dict:
         if self._sums is None:
             return dict.fromkeys(self.names, math.nan)
-        # DDP: with a sharded validation, all_reduce(SUM) self._sums and self._count here
-        # (sums and counts add across ranks); every rank evaluating the whole set needs none.
         flat = torch.cat([self._sums.reshape(-1), self._count[None]]).tolist()  # the one host read
         n, z = flat[-1], self._sums.shape[1]
         kl_sum, mu_sum, mu2_sum = flat[:z], flat[z:2 * z], flat[2 * z:3 * z]

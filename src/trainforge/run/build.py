@@ -19,6 +19,8 @@ from trainforge.distributed import group as dist
 from trainforge.engine.amp import Precision
 from trainforge.engine.checkpoint import CheckpointManager, load_weights
 from trainforge.engine.compile import CompileReport, compile_model
+from trainforge.config.targets import is_function
+from trainforge.engine.components import as_loss
 from trainforge.engine.hooks import CheckpointHook, EvalHook, LoggingHook, PlateauHook, PreemptionHook
 from trainforge.engine.logging import LOGGER
 from trainforge.engine.rng import seed_everything
@@ -163,9 +165,10 @@ def logging_hooks(log_cfg, record, device) -> tuple:
 def build(cfg, run_dir, overrides=(), resuming=False, record=None, sources=None) -> BaseTrainer:
     """Build the trainer for ``cfg`` writing into ``run_dir`` through ``record`` (the run's
     RunRecord; default: one that writes on rank 0). Order: determinism, device, seed, data,
-    loaders, model, loss, optimizer, scheduler, precision, hooks, trainer (the order the
-    random draws are made in: a resume depends on it). ``overrides`` (the command line's)
-    travel in each checkpoint for ``resume``, and so do ``sources`` (how it was composed)."""
+    loaders, model, loss, optimizer, scheduler, precision, the dry batch, hooks, trainer (the
+    order the random draws are made in: a resume depends on it; the dry batch draws nothing).
+    ``overrides`` (the command line's) travel in each checkpoint for ``resume``, and so do
+    ``sources`` (how it was composed)."""
     record = record or RunRecord(run_dir, writes=dist.is_main())
     t = cfg.trainer
     set_determinism(t.deterministic, t.threads)
@@ -177,7 +180,10 @@ def build(cfg, run_dir, overrides=(), resuming=False, record=None, sources=None)
         seed_everything(cfg.seed + dist.rank())
     num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     model = compile_model(model, t.compile, t.compile_backend)
-    loss_fn = instantiate(cfg.loss, "loss").to(device)
+    loss_fn = as_loss(instantiate(cfg.loss, "loss", **({"_partial_": True} if is_function("loss", cfg.loss._target_)
+                                                        else {})))
+    loss_fn = loss_fn.to(device) if isinstance(loss_fn, torch.nn.Module) else loss_fn
+    metrics = build_metrics(cfg, data, device)
     optimizer = build_optimizer(cfg, model)
     model = dist.wrap(model, device, t.sync_batchnorm)  # DDP at world size > 1
     steps_per_epoch = math.ceil(len(train_loader) / t.grad_accum)
@@ -185,16 +191,32 @@ def build(cfg, run_dir, overrides=(), resuming=False, record=None, sources=None)
         scheduler = instantiate(cfg.scheduler, "scheduler", _convert_="all")(
             optimizer, steps_per_epoch=steps_per_epoch, epochs=t.epochs)
     precision = Precision(t.precision, device, num_params, compiled=t.compile)
-    hooks = build_hooks(cfg, record, (overrides, sources), device, val_loader, loss_fn, data.metrics(), scheduler)
+    style = "whole"
+    if t.dry_batch:
+        from trainforge.run.dry import dry_batch
+
+        style = dry_batch(dist.unwrap(model), loss_fn, metrics, train_loader, data.collate_fn, device,
+                          precision, _names(cfg))
+    hooks = build_hooks(cfg, record, (overrides, sources), device, val_loader, loss_fn, metrics, scheduler)
     return BaseTrainer(model, optimizer, scheduler, loss_fn, train_loader, sampler, precision, device,
                        epochs=t.epochs, grad_accum=t.grad_accum, clip_grad=t.clip_grad,
                        on_nonfinite=t.on_nonfinite, max_nonfinite=t.max_nonfinite, hooks=hooks,
-                       grad_norm_every=1 if cfg.log.batch_metrics else GRAD_NORM_EVERY)
+                       grad_norm_every=1 if cfg.log.batch_metrics else GRAD_NORM_EVERY, call_style=style)
+
+
+def _names(cfg) -> dict:
+    """How the config names the data, model and loss (for the dry batch's messages)."""
+    data = cfg.data.train.get("_target_") if "train" in cfg.data else cfg.data.get("_target_")
+    return {"data": f"data{'.train' if 'train' in cfg.data else ''}={data}",
+            "model": f"model={cfg.model.get('_target_')}", "loss": f"loss={cfg.loss.get('_target_')}"}
 
 
 def build_data(cfg, device) -> tuple:
-    """(data option, sampler, train loader, val loader)."""
-    data = instantiate(cfg.data, "data")
+    """(data option, sampler, train loader, val loader). Under DDP each rank's validation
+    loader holds its contiguous part of the set (``shard``), if every rank gets a sample."""
+    node = cfg.data
+    skip_test = {"test": None} if "test" in node and "train" in node else {}  # built when evaluated, not here
+    data = instantiate(node, "data", **skip_test)
     train_set, val_set = data.train_set(), data.val_set()
     lengths = train_set.lengths() if data.bucket else None
     sampler = EpochSampler(len(train_set), seed=cfg.seed, shuffle=data.shuffle, rank=dist.rank(),
@@ -204,12 +226,35 @@ def build_data(cfg, device) -> tuple:
     # the loader's own generator keeps worker seeding off the global RNG (exact resume)
     train_loader = DataLoader(train_set, sampler=sampler, generator=torch.Generator().manual_seed(cfg.seed),
                               **loader_args)
-    val_loader = DataLoader(val_set, shuffle=False, **loader_args)
+    part = shard(len(val_set))
+    val_loader = DataLoader(val_set, sampler=part, **loader_args)
     if data.on_device:  # same sampler, same batches: one index op each, on the device
         from trainforge.data.device import device_loaders
 
-        train_loader, val_loader = device_loaders(data, train_set, val_set, sampler, device)
+        train_loader, val_loader = device_loaders(data, train_set, val_set, sampler, device, part)
     return data, sampler, train_loader, val_loader
+
+
+def shard(n: int):
+    """This rank's part of ``n`` validation samples: a contiguous block (rank order is sample
+    order; no sample twice, none padded), or all of them at world size 1 or when some rank
+    would get none."""
+    world, rank = dist.world_size(), dist.rank()
+    if world == 1 or n < world:
+        return range(n)
+    return range(n * rank // world, n * (rank + 1) // world)
+
+
+def build_metrics(cfg, data, device):
+    """The validation metrics: the data option's (if it has any) and the ``metrics`` node's."""
+    from trainforge.engine.components import MetricSet
+
+    metrics = {"data": data.metrics()}
+    for key, node in cfg.metrics.items():
+        if key in metrics:
+            raise ConfigError(f"metrics.{key}: the name is taken; give the metric another key")
+        metrics[key] = instantiate(node, f"metrics.{key}")
+    return MetricSet(metrics, device)
 
 
 def build_optimizer(cfg, model):
@@ -231,10 +276,12 @@ def build_hooks(cfg, record, composed, device, val_loader, loss_fn, metrics, sch
     available = available_metrics(loss_fn, metrics)
     check_monitor("checkpoint.monitor", ck.monitor, available)
     display, logs = logging_hooks(cfg.log, record, device)
-    hooks = [*display, EvalHook(val_loader, metrics), *vae_hooks, *logs]
+    sharded = len(shard(len(val_loader.dataset))) < len(val_loader.dataset)  # DDP: each rank its part
+    hooks = [*display, EvalHook(val_loader, metrics, sharded), *vae_hooks, *logs]
     if hasattr(scheduler, "observe"):
         check_monitor("scheduler.monitor", scheduler.monitor, available)
         hooks.append(PlateauHook())
+    hooks += build_callbacks(cfg)
     manager = CheckpointManager(record, ck.save_freq, ck.keep_last_n, ck.top_k, ck.monitor, ck.mode)
     overrides, sources = composed
     checkpointer = CheckpointHook(manager, OmegaConf.to_yaml(cfg, resolve=True), ck.save_optimizer,
@@ -243,6 +290,14 @@ def build_hooks(cfg, record, composed, device, val_loader, loss_fn, metrics, sch
     if cfg.trainer.compile:
         hooks.append(CompileReport())
     return hooks
+
+
+def build_callbacks(cfg) -> list:
+    """The ``callbacks`` node's objects as hooks (after logging: they see the epoch record;
+    before the checkpoint: their state is saved with the epoch)."""
+    from trainforge.engine.components import UserCallback
+
+    return [UserCallback(name, instantiate(node, f"callbacks.{name}")) for name, node in cfg.callbacks.items()]
 
 
 def vae_monitoring(cfg, record, loss_fn, metrics) -> tuple:
@@ -255,11 +310,11 @@ def vae_monitoring(cfg, record, loss_fn, metrics) -> tuple:
         hooks.append(LossStepHook())
     if cfg.collapse.enabled:
         from trainforge.engine.collapse import CollapseHook
-        from trainforge.metrics import MetricGroup
+        from trainforge.engine.components import MetricSet
         from trainforge.metrics.latent import LatentStats
 
         c = cfg.collapse
         stats = LatentStats(c.threshold)
-        metrics = MetricGroup(metrics, stats)
+        metrics = MetricSet({**metrics.metrics, "collapse": stats})
         hooks.append(CollapseHook(stats, record, c.min_active_fraction, c.min_kl, c.patience, c.action))
     return metrics, hooks

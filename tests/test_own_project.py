@@ -1,0 +1,169 @@
+"""Your own project (b): plain PyTorch parts (a Dataset pair, a loss returning a tensor,
+torchmetrics and protocol-less metrics, a callback with a state), inline and as option
+files, checked at the door and on a dry batch; their metrics under 2 DDP ranks.
+
+The project is ``tests/fixtures/own_project`` (it imports nothing of trainforge), copied to
+a scratch folder and trained there with the ``trainforge`` command, as a user would.
+"""
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+PROJECT = ROOT / "tests" / "fixtures" / "own_project"
+
+
+@pytest.fixture
+def project(tmp_path):
+    return Path(shutil.copytree(PROJECT, tmp_path / "proj"))
+
+
+def trainforge(project, *args, check=True, cwd=None, env=None):
+    proc = subprocess.run([sys.executable, "-m", "trainforge", *args], cwd=cwd or project, capture_output=True,
+                          text=True, timeout=600, env=env)
+    if check:
+        assert proc.returncode == 0, f"trainforge {' '.join(args)}: {proc.stderr[-3000:]}"
+    return proc
+
+
+def rows(run: Path) -> list:
+    return list(csv.DictReader(open(run / "epoch_metrics.csv")))
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_inline_plain_parts_train_with_their_metrics(project):
+    run = project / "runs" / "inline"
+    trainforge(project, "experiment=inline", f"hydra.run.dir={run}")
+    history = rows(run)
+    assert [r["epoch"] for r in history] == ["1", "2"]
+    assert {"val_auroc", "val_count", "val_median"} <= set(history[0])
+    assert all(0.0 <= float(r["val_auroc"]) <= 1.0 and float(r["val_count"]) == 31 for r in history)
+    config = (run / "config.yaml").read_text()
+    assert "trainforge.data.Datasets" in config and "base_channels" not in config  # UNet's keys replaced, not merged
+    assert '"monitor": "val_auroc"' in (run / "status.json").read_text()
+
+
+def test_option_files_plain_datasets_and_a_torch_loss(project):
+    run = project / "runs" / "files"
+    trainforge(project, "experiment=files", f"hydra.run.dir={run}")
+    history = rows(run)
+    assert len(history) == 1 and float(history[0]["val_count"]) == 17  # data/signals.yaml's val set
+    config = (run / "config.yaml").read_text()
+    assert "torch.nn.CrossEntropyLoss" in config and "channels: 4" in config
+    # a CLI override of a key the option file leaves at the class's default
+    run2 = project / "runs" / "files2"
+    trainforge(project, "experiment=files", "model.dropout=0.0", f"hydra.run.dir={run2}")
+    assert "dropout: 0.0" in (run2 / "config.yaml").read_text()
+
+
+def test_a_callback_and_metric_state_survive_a_resume(project):
+    run, log = project / "runs" / "cb", project / "counter.log"
+    cb = f"+callbacks.counter={{_target_:sigpkg.parts.Counter,log:{log}}}"
+    trainforge(project, "experiment=inline", "trainer.epochs=1", cb, f"hydra.run.dir={run}")
+    trainforge(project, "trainer.epochs=3", f"resume={run}", cwd=project.parent)  # recomposed from the run's record
+    # the count goes on from the checkpoint's state (1), it does not restart at 0
+    assert log.read_text().split("\n")[:3] == ["1 1", "2 2", "3 3"]
+    ckpt = torch.load(run / "latest_checkpoint.pth", map_location="cpu", weights_only=False)
+    assert ckpt["callback.counter"] == {"epochs": 3} and "metric.auroc" in ckpt
+    assert [r["epoch"] for r in rows(run)] == ["1", "2", "3"]
+
+
+BROKEN = [
+    (["data.train._target_=sigpkg.parts.OnlyInputs"],
+     "data.train=sigpkg.parts.OnlyInputs: an item (or what data.collate_fn makes of a list of items) must be a "
+     "pair (inputs, target); it gave a tensor of shape (16, 1, 32)"),
+    (["loss._target_=sigpkg.parts.per_sample"],
+     "loss=sigpkg.parts.per_sample: must return a scalar tensor, or (total, {name: value}); it returned a tensor "
+     "of shape (16,)"),
+    (["loss._target_=sigpkg.parts.mse"],
+     "loss=sigpkg.parts.mse: cannot take the model's output (a tensor of shape (16, 2)) and the target (a tensor "
+     "of shape (16,)): RuntimeError:"),
+    (["model.num_classes=3"],
+     "metrics.auroc=MulticlassAUROC: update(output, target) failed on a batch (output: a tensor of shape (16, 3)"),
+]
+
+
+@pytest.mark.parametrize("overrides,line", BROKEN, ids=["item", "scalar", "shapes", "metric"])
+def test_a_broken_contract_is_one_line_exit_2_and_no_run_dir(project, overrides, line):
+    proc = trainforge(project, "experiment=inline", *overrides, check=False)  # the default run directory
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("trainforge:")]
+    assert proc.returncode == 2 and len(errors) == 1 and errors[0].startswith(f"trainforge: error: {line}"), \
+        proc.stderr[-2000:]
+    assert not (project / "outputs").exists()  # the new run directory is gone again
+
+
+@pytest.mark.parametrize("override,line", [
+    ("model.chanels=8", "model.chanels=8: not a parameter of sigpkg.parts.Net (did you mean model.channels? "
+                        "it takes: channels, num_classes, norm, dropout)"),
+    ("+data.train.lenght=3", "data.train.lenght=3: not a parameter of sigpkg.parts.Signals (did you mean "
+                             "data.train.length? it takes: n, length, seed)"),
+    ("model.channels=abc", "model.channels=abc: must be an integer (the type of sigpkg.parts.Net's argument "
+                           "channels)"),
+    ("model.norm=3", "model.norm=3: must be true or false (the type of sigpkg.parts.Net's argument norm)"),
+    ("model._target_=sigpkg.parts.Nett", "model._target_=sigpkg.parts.Nett: sigpkg.parts has no Nett; did you "
+                                         "mean sigpkg.parts.Net?"),
+    ("metrics.count._target_=nopkg.Count", "metrics.count._target_=nopkg.Count: no module nopkg can be imported"),
+], ids=["typo", "nested-typo", "type", "bool", "target", "module"])
+def test_user_keys_are_checked_against_the_signature(project, override, line):
+    proc = trainforge(project, "experiment=inline", override, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(f"trainforge: error: {line}"), proc.stderr[-2000:]
+    assert not (project / "outputs").exists()
+
+
+def test_a_module_that_fails_to_import_is_named_with_its_line(project):
+    (project / "sigpkg" / "broken.py").write_text("import torch\n\nclass Net(torch.nn.Module)\n    pass\n")
+    proc = trainforge(project, "experiment=inline", "model._target_=sigpkg.broken.Net", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith("trainforge: error: model._target_=sigpkg.broken.Net: importing it "
+                                          "failed: SyntaxError:") and "broken.py:3)" in proc.stderr
+    (project / "sigpkg" / "broken.py").write_text("import torch\nraise RuntimeError('no GPU here')\n")
+    proc = trainforge(project, "experiment=inline", "model._target_=sigpkg.broken.Net", check=False)
+    assert proc.returncode == 2 and "RuntimeError: no GPU here" in proc.stderr and "broken.py:2)" in proc.stderr
+
+
+def test_a_required_argument_left_out_is_named(project):
+    (project / "sigpkg" / "strict.py").write_text(
+        "from torch import nn\n\nclass Net(nn.Linear):\n    def __init__(self, channels: int, width: int):\n"
+        "        super().__init__(32, 2)\n")
+    proc = trainforge(project, "experiment=inline", "model._target_=sigpkg.strict.Net", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "trainforge: error: model.width: required by sigpkg.strict.Net (it has no default); set it in the config "
+        "or with +model.width=VALUE"), proc.stderr
+
+
+def test_the_dry_batch_changes_nothing(project):
+    """BatchNorm buffers and dropout's draws: with and without the dry batch, the same weights, bitwise."""
+    runs = {}
+    for dry in ("true", "false"):
+        runs[dry] = project / "runs" / f"dry_{dry}"
+        trainforge(project, "experiment=inline", f"trainer.dry_batch={dry}", f"hydra.run.dir={runs[dry]}")
+    a, b = (weights(runs[d] / "best_model_weights.pt") for d in ("true", "false"))
+    assert a.keys() == b.keys() and any("running_mean" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_ranks_compute_every_metric_over_every_sample_once(project):
+    """A prime-sized validation set (31) split over 2 gloo ranks (15 + 16): torchmetrics' AUROC,
+    a summed count and a protocol-less median equal one process's. The weights barely move
+    (lr 1e-9, no BatchNorm, no dropout), so the metrics see the same model in both runs."""
+    common = ["experiment=inline", "optimizer=sgd", "optimizer.lr=1e-9", "model.norm=false", "model.dropout=0.0",
+              "trainer.epochs=1", "data.batch_size=8"]
+    one, two = project / "runs" / "one", project / "runs" / "two"
+    trainforge(project, *common, f"hydra.run.dir={one}")
+    trainforge(project, *common, "trainer.devices=2", "data.batch_size=4", f"hydra.run.dir={two}")
+    a, b = rows(one)[0], rows(two)[0]
+    assert float(a["val_count"]) == float(b["val_count"]) == 31  # each sample once: not 62, not 15 or 16
+    for name in ("val_auroc", "val_median", "val_loss"):
+        assert abs(float(a[name]) - float(b[name])) < 1e-6, (name, a[name], b[name])
+    assert "DDP on 2 processes" in (two / "training.log").read_text()
