@@ -131,8 +131,13 @@ def build_wheel(out) -> "Path":
     from pathlib import Path
 
     source = Path(out) / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "tests", "build", "dist", "*.egg-info",
-                                                                "__pycache__", ".whl", "outputs", "multirun"))
+    anywhere = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".whl", "outputs", "multirun")
+
+    def ignore(folder, names):  # the checkout's own tests/ and examples/ (not a template's tests/)
+        top = {"tests", "examples"} & set(names) if Path(folder) == ROOT else set()
+        return set(anywhere(folder, names)) | top
+
+    shutil.copytree(ROOT, source, ignore=ignore)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
                     str(Path(out) / "dist"), str(source)], check=True, capture_output=True, timeout=300)
     return next((Path(out) / "dist").glob("trainforge-*.whl"))

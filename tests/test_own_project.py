@@ -167,3 +167,32 @@ def test_two_ranks_compute_every_metric_over_every_sample_once(project):
     for name in ("val_auroc", "val_median", "val_loss"):
         assert abs(float(a[name]) - float(b[name])) < 1e-6, (name, a[name], b[name])
     assert "DDP on 2 processes" in (two / "training.log").read_text()
+
+
+def test_trainforge_new_writes_a_project_that_trains_at_once(tmp_path):
+    proc = trainforge(tmp_path, "new", "demo")
+    assert "trainforge experiment=demo" in proc.stdout
+    files = sorted(str(p.relative_to(tmp_path / "demo")) for p in (tmp_path / "demo").rglob("*") if p.is_file())
+    assert files == ["README.md", "conf/experiment/demo.yaml", "demo/__init__.py", "demo/data.py", "demo/loss.py",
+                     "demo/metric.py", "demo/model.py", "tests/test_demo.py"]
+    assert "demo.model.Net" in (tmp_path / "demo/conf/experiment/demo.yaml").read_text()
+    run = tmp_path / "demo" / "run"
+    trainforge(tmp_path / "demo", "experiment=demo", "trainer.epochs=1", "log.progress=false", f"hydra.run.dir={run}")
+    assert '"status": "COMPLETED"' in (run / "status.json").read_text()
+    assert "val_accuracy" in (run / "epoch_metrics.csv").read_text()
+
+
+@pytest.mark.parametrize("name,line", [
+    ("demo", "new demo: {where} already exists; nothing was written"),
+    ("1st", "new 1st: NAME must be a Python identifier"),
+    ("class", "new class: NAME must be a Python identifier"),
+    ("torch", "new torch: a module torch can already be imported here"),
+])
+def test_trainforge_new_refuses_in_one_line_and_writes_nothing(tmp_path, name, line):
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "mine.txt").write_text("keep")
+    before = sorted(tmp_path.rglob("*"))
+    proc = trainforge(tmp_path, "new", name, check=False)
+    expected = "trainforge: error: " + line.format(where=tmp_path / "demo")
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(expected), proc.stderr
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, no staging folder left

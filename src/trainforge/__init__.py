@@ -63,6 +63,9 @@ from trainforge import cli as _cli  # noqa: E402,F401  (registers the resolvers)
 from trainforge import config as _config  # noqa: E402,F401  (registers the schemas)
 
 API = ("compose", "fit", "load", "Result")  # trainforge.compose, ... (trainforge.run.api; imported on first use)
+# the bases and protocols of your own parts (docs/own-project.md), imported on first use
+PARTS = {"Callback": "trainforge.engine.components", "Metric": "trainforge.engine.components",
+         "DataSpec": "trainforge.data", "Datasets": "trainforge.data"}
 
 
 def __getattr__(name):
@@ -70,4 +73,6 @@ def __getattr__(name):
         from trainforge.run import api
 
         return getattr(api, name)
+    if name in PARTS:
+        return getattr(importlib.import_module(PARTS[name]), name)
     raise AttributeError(f"module 'trainforge' has no attribute {name!r}")

@@ -5,6 +5,7 @@ callbacks. The protocols are documented in docs/own-project.md.
 from __future__ import annotations
 
 import inspect
+import typing
 
 import torch
 
@@ -56,6 +57,21 @@ def as_loss(fn):
 
 
 # ---- metrics --------------------------------------------------------------------------
+@typing.runtime_checkable
+class Metric(typing.Protocol):
+    """What a validation metric is (``metrics: {name: {_target_: ...}}``): ``update(output,
+    target)`` per validation batch (the model's output and the batch's target, on the device),
+    ``compute()`` once per validation (a number or a 0-d tensor; with a ``names`` tuple, a
+    dict of those names), ``reset()`` before each validation. Optional: ``sum_states`` or
+    ``cat_states`` (how its state adds up over DDP ranks, see :class:`MetricSet`),
+    ``state_dict()`` / ``load_state_dict()`` (saved in checkpoints). ``torchmetrics`` metrics
+    fit as they are."""
+
+    def update(self, output, target) -> None: ...
+    def compute(self): ...
+    def reset(self) -> None: ...
+
+
 def is_torchmetric(metric) -> bool:
     return any(k.__module__.startswith("torchmetrics.") and k.__name__ == "Metric" for k in type(metric).__mro__)
 
