@@ -26,11 +26,11 @@ def check_name(name: str, where: Path) -> None:
     if not name.isidentifier() or keyword.iskeyword(name):
         raise ConfigError(f"new {name}: NAME must be a Python identifier (letters, digits, _; not a keyword), "
                           "e.g. ecg_net; it names the folder and the package")
+    if where.exists() or where.is_symlink():
+        raise ConfigError(f"new {name}: {where} already exists; nothing was written")
     if importlib.util.find_spec(name) is not None:
         raise ConfigError(f"new {name}: a module {name} can already be imported here (it would shadow it or be "
                           "shadowed); choose another name")
-    if where.exists() or where.is_symlink():
-        raise ConfigError(f"new {name}: {where} already exists; nothing was written")
 
 
 def render(name: str, target: Path) -> list:
