@@ -54,6 +54,14 @@ HOW = {
     "trainforge hydra.run.dir=RUN resume=auto": HERE,
     "trainforge --config-dir my_project/conf model=my_net": HERE,
     "trainforge --config-dir my_project/conf experiment=myexp": HERE,
+    # your own project: docs/own-project.md's walkthrough, run in order by one test
+    **dict.fromkeys([
+        "trainforge new my_project", "trainforge experiment=my_project hydra.run.dir=runs/first",
+        "trainforge experiment=my_project model.channels=32 trainer.epochs=10",
+        "trainforge experiment=my_project "
+        "'metrics.f1={_target_:torchmetrics.classification.MulticlassF1Score,num_classes:2}'",
+        "trainforge -m experiment=my_project optimizer.lr=1e-3,3e-3", "trainforge resume=runs/first trainer.epochs=8",
+        "python -m pytest tests"], "tests/test_own_project.py::test_the_walkthrough_of_the_docs_page_runs"),
     # training
     "python train.py": "tests/test_train_cli.py::test_default_experiment_reaches_dice_0_8",
     "python train.py scheduler=cosine log.interval=20": HERE,
@@ -90,6 +98,7 @@ HOW = {
     "python benchmarks/bench_overhead.py --device cpu --clock cpu --threads 1 --rounds 15 --control --json "
     "docs/benchmarks/overhead_cpu.jsonl": "tests/test_perf.py::test_bench_overhead_prints_one_line_per_case_with_its_stable_keys",
     "python benchmarks/bench_sweep.py": HERE,
+    "python benchmarks/bench_dry_batch.py --json docs/benchmarks/dry_batch_cpu.json": HERE,
     "python benchmarks/count_host_instructions.py": "valgrind",
     "python benchmarks/count_host_instructions.py --case CASE --json docs/benchmarks/instructions_cpu.jsonl": "valgrind",
     "python benchmarks/bench_precision.py --json docs/benchmarks/precision_gpu.json": "gpu",
@@ -231,6 +240,8 @@ def concrete(command: str, request) -> tuple:
                 "--json", str(scratch / "shared.json")]
     elif "bench_sweep" in text:
         argv += ["--epochs", "1"]
+    elif "bench_dry_batch" in text:
+        argv = [*argv[:2], "--rounds", "1", "--json", str(scratch / "dry.json")]
     return argv, extra_env
 
 

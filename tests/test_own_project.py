@@ -196,3 +196,41 @@ def test_trainforge_new_refuses_in_one_line_and_writes_nothing(tmp_path, name, l
     expected = "trainforge: error: " + line.format(where=tmp_path / "demo")
     assert proc.returncode == 2 and proc.stderr.strip().startswith(expected), proc.stderr
     assert sorted(tmp_path.rglob("*")) == before  # nothing written, no staging folder left
+
+
+def walkthrough() -> list:
+    """The commands of docs/own-project.md's first bash block, in order."""
+    import re
+
+    text = (ROOT / "docs" / "own-project.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_walkthrough_of_the_docs_page_runs(tmp_path):
+    """docs/own-project.md's walkthrough as written (each training command with a smaller
+    data set appended): a project, a run, overrides, a metric from the command line, a
+    sweep, a resume, the project's own test."""
+    import shlex
+
+    where = tmp_path
+    small = ["data.train.size=64", "data.val.size=32", "log.progress=false"]
+    for line in walkthrough():
+        argv = shlex.split(line)
+        if argv[0] == "cd":
+            where = where / argv[1]
+            continue
+        if argv[0] == "python":
+            proc = subprocess.run([sys.executable, *argv[1:], "-q", "-p", "no:cacheprovider"], cwd=where,
+                                  capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, line + proc.stdout[-2000:]
+            continue
+        assert argv[0] == "trainforge", line
+        trains = argv[1] not in ("new",) and not any(a.startswith("resume=") for a in argv)
+        trainforge(where, *argv[1:], *(small if trains else []))
+    runs = where / "runs" / "first"
+    assert [int(r["epoch"]) for r in rows(runs)] == list(range(1, 9))  # 5 epochs, then resumed to 8
+    sweep = sorted((where / "multirun").glob("*/*/summary.csv"))
+    assert len(sweep) == 1 and len(list(csv.DictReader(open(sweep[0])))) == 2
+    f1_runs = [p for p in (where / "outputs").glob("*/*") if "val_f1" in (p / "epoch_metrics.csv").read_text()]
+    assert len(f1_runs) == 1

@@ -74,20 +74,24 @@ def _compose(self, defaults, repo):
     return cfg
 
 
-def _open_user_nodes(cfg) -> None:
+OPEN = ("metrics", "callbacks")  # mappings of the user's: a new name from the command line needs no +
+
+
+def _open_user_nodes(cfg, key: str = "") -> None:
     """A node of the user's (a ``_target_`` without a schema) takes any key from the command line
     (``model.width=16`` where the file leaves ``width`` at its default): the door checks the
-    keys against the callable's signature instead (:func:`check_call`)."""
+    keys against the callable's signature instead (:func:`check_call`). So do ``metrics`` and
+    ``callbacks`` (``metrics.f1={_target_: ...}``)."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     if isinstance(cfg, DictConfig) and not cfg._is_none() and not cfg._is_missing():
-        if "_target_" in cfg and OmegaConf.get_type(cfg) is dict:
+        if ("_target_" in cfg and OmegaConf.get_type(cfg) is dict) or key in OPEN:
             cfg._set_flag("struct", False)
-        for _key, value in cfg.items_ex(resolve=False):
-            _open_user_nodes(value)
+        for child, value in cfg.items_ex(resolve=False):
+            _open_user_nodes(value, f"{key}.{child}" if key else str(child))
     elif isinstance(cfg, ListConfig) and not cfg._is_none() and not cfg._is_missing():
         for value in cfg._iter_ex(resolve=False):
-            _open_user_nodes(value)
+            _open_user_nodes(value, key)
 
 
 def _strip_defaults(cfg) -> None:
