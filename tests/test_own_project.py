@@ -155,7 +155,8 @@ def test_the_dry_batch_changes_nothing(project):
 
 def test_two_ranks_compute_every_metric_over_every_sample_once(project):
     """A prime-sized validation set (31) split over 2 gloo ranks (15 + 16): torchmetrics' AUROC,
-    a summed count and a protocol-less median equal one process's. The weights barely move
+    a summed count (sum_states), a median of gathered scores (cat_states) and a protocol-less
+    median (inputs replayed) equal one process's. The weights barely move
     (lr 1e-9, no BatchNorm, no dropout), so the metrics see the same model in both runs."""
     common = ["experiment=inline", "optimizer=sgd", "optimizer.lr=1e-9", "model.norm=false", "model.dropout=0.0",
               "trainer.epochs=1", "data.batch_size=8"]
@@ -164,6 +165,7 @@ def test_two_ranks_compute_every_metric_over_every_sample_once(project):
     trainforge(project, *common, "trainer.devices=2", "data.batch_size=4", f"hydra.run.dir={two}")
     a, b = rows(one)[0], rows(two)[0]
     assert float(a["val_count"]) == float(b["val_count"]) == 31  # each sample once: not 62, not 15 or 16
+    assert a["val_median"] == a["val_median_cat"] and b["val_median"] == b["val_median_cat"]
     for name in ("val_auroc", "val_median", "val_loss"):
         assert abs(float(a[name]) - float(b[name])) < 1e-6, (name, a[name], b[name])
     assert "DDP on 2 processes" in (two / "training.log").read_text()
@@ -234,3 +236,27 @@ def test_the_walkthrough_of_the_docs_page_runs(tmp_path):
     assert len(sweep) == 1 and len(list(csv.DictReader(open(sweep[0])))) == 2
     f1_runs = [p for p in (where / "outputs").glob("*/*") if "val_f1" in (p / "epoch_metrics.csv").read_text()]
     assert len(f1_runs) == 1
+
+
+def test_the_model_is_called_as_its_forward_takes_the_inputs():
+    """A tensor whole; a tuple spread when forward takes its parts; a dict as keywords when
+    forward names its keys; a forward(self, batch) gets a tuple or dict whole."""
+    from torch import nn
+
+    from trainforge.engine.components import call_style
+    from trainforge.engine.trainer import call
+
+    class Pair(nn.Module):
+        def forward(self, x, mask=None):
+            return x * (1 if mask is None else mask)
+
+    class Whole(nn.Module):
+        def forward(self, batch):
+            return batch["x"] if isinstance(batch, dict) else batch[0]
+
+    x, mask = torch.ones(2, 3), torch.zeros(2, 3)
+    cases = [(Pair(), x, "whole"), (Pair(), (x, mask), "spread"), (Pair(), {"x": x, "mask": mask}, "keywords"),
+             (Whole(), (x, mask), "whole"), (Whole(), {"x": x, "mask": mask}, "whole"), (Pair(), (x,), "spread")]
+    for model, inputs, style in cases:
+        assert call_style(model, inputs) == style, (type(model).__name__, type(inputs).__name__)
+    assert call(Pair(), (x, mask), "spread").sum() == 0 and call(Pair(), {"x": x, "mask": mask}, "keywords").sum() == 0

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 C = "tests/test_config.py"
 L, O, D0 = "tests/test_losses_metrics.py", "tests/test_optimization.py", "tests/test_data.py"
+U = "tests/test_own_project.py"
 
 # mutation -> the tests that must fail with it
 CATCHERS = {
@@ -97,6 +98,13 @@ CATCHERS = {
     "combination_unchecked": ["tests/test_door.py::"
                               "test_every_data_model_loss_combination_trains_a_step_or_is_refused_at_the_door"],
     "progress_percent_zero_based": ["tests/test_train_cli.py::test_interval_stdout_every_batch_in_log_and_cosine_lr"],
+    # your own project (b)
+    **dict.fromkeys(["dry_batch_rng_not_restored", "dry_batch_buffers_not_restored"],
+                    [f"{U}::test_the_dry_batch_changes_nothing"]),
+    **dict.fromkeys(["sum_states_not_summed", "cat_states_rank_local", "replay_rank_local"],
+                    [f"{U}::test_two_ranks_compute_every_metric_over_every_sample_once"]),
+    "retarget_merges": [f"{U}::test_inline_plain_parts_train_with_their_metrics"],
+    "user_keys_unchecked": [f"{U}::test_user_keys_are_checked_against_the_signature"],
 }
 
 

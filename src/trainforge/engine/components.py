@@ -33,7 +33,7 @@ def call_style(model, inputs) -> str:
         takes_all = any(p.kind == p.VAR_KEYWORD for p in params) or set(inputs) <= names
         return "keywords" if takes_all and not (len(positional) == 1 and positional[0].name not in inputs) else "whole"
     required = [p for p in positional if p.default is p.empty]
-    return "spread" if star or (len(required) <= len(inputs) <= len(positional) and len(inputs) > 1) else "whole"
+    return "spread" if star or (len(positional) > 1 and len(required) <= len(inputs) <= len(positional)) else "whole"
 
 
 # ---- the loss -------------------------------------------------------------------------
