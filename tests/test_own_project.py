@@ -67,6 +67,7 @@ def test_option_files_plain_datasets_and_a_torch_loss(project):
     assert "dropout: 0.0" in (run2 / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_a_callback_and_metric_state_survive_a_resume(project):
     run, log = project / "runs" / "cb", project / "counter.log"
     cb = f"+callbacks.counter={{_target_:sigpkg.parts.Counter,log:{log}}}"
@@ -153,6 +154,7 @@ def test_the_dry_batch_changes_nothing(project):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_two_ranks_compute_every_metric_over_every_sample_once(project):
     """A prime-sized validation set (31) split over 2 gloo ranks (15 + 16): torchmetrics' AUROC,
     a summed count (sum_states), a median of gathered scores (cat_states) and a protocol-less
@@ -209,6 +211,7 @@ def walkthrough() -> list:
     return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_the_walkthrough_of_the_docs_page_runs(tmp_path):
     """docs/own-project.md's walkthrough as written (each training command with a smaller
     data set appended): a project, a run, overrides, a metric from the command line, a
