@@ -8,6 +8,7 @@ a scratch folder and trained there with the ``trainforge`` command, as a user wo
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -263,3 +264,20 @@ def test_the_model_is_called_as_its_forward_takes_the_inputs():
     for model, inputs, style in cases:
         assert call_style(model, inputs) == style, (type(model).__name__, type(inputs).__name__)
     assert call(Pair(), (x, mask), "spread").sum() == 0 and call(Pair(), {"x": x, "mask": mask}, "keywords").sum() == 0
+
+
+def test_checkpoint_monitor_follows_the_data_option(project):
+    """Plain datasets monitor val_loss (min) unless told; glint keeps val_dice (max), so its
+    runs resume without drift; a monitor set alone gets its mode from its name."""
+    from trainforge.config.components import mode_of, monitor_of
+
+    run = project / "runs" / "files"
+    trainforge(project, "experiment=files", f"hydra.run.dir={run}")
+    best = json.loads((run / "status.json").read_text())["best"]
+    assert (best["monitor"], best["mode"]) == ("val_loss", "min")
+    assert (monitor_of("trainforge.data.GlintData"), mode_of("trainforge.data.GlintData", "val_dice")) == \
+        ("val_dice", "max")
+    assert (monitor_of("trainforge.data.Datasets"), mode_of("trainforge.data.Datasets", "val_loss")) == \
+        ("val_loss", "min")
+    assert mode_of("trainforge.data.Datasets", "val_auroc") == "max"
+    assert mode_of("trainforge.data.GlintData", "val_loss") == "min"

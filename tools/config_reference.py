@@ -21,8 +21,10 @@ HEADER = """# Configuration reference
 Generated from the schemas (`src/trainforge/config/components.py`, `training.py`) by
 `python tools/config_reference.py`; `tests/test_docs.py` fails when it is out of date.
 A default is written once, in the schema: an option's YAML in `conf/<group>/` says only
-what differs from it (today: `checkpoint.monitor` and `checkpoint.mode` of the default
-experiment, `val_dice` / `max`).
+what differs from it (today: `checkpoint.monitor` and `checkpoint.mode`, which follow the
+data option: glint `val_dice` / `max`, digits `val_accuracy` / `max`, seqset `val_auroc` /
+`max`, plain datasets and any other data `val_loss` / `min`; a monitor set without a mode
+gets `min` when its name holds `loss`, else `max`).
 
 Set a key on the command line (`python train.py optimizer.lr=1e-3`), choose an option
 (`scheduler=cosine`), or write both in an experiment preset (`conf/experiment/*.yaml`).

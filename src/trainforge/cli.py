@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from trainforge.distributed.ranks import NOW
 from trainforge.errors import Preempted, SweepFailed, SweepStopped, TrainforgeError
-from trainforge.files import HYDRA_DIR, LOCK, atomic_write, holds_run, resume_home
+from trainforge.files import HYDRA_DIR, LOCK, RunLock, atomic_write, holds_run, resume_home
 
 USER_ERRORS = (TrainforgeError, HydraException, OmegaConfBaseException)
 
@@ -136,8 +136,11 @@ def hydra_record(output_dir: str):
     overrides): ``.hydra`` in a new run directory; none in one that already holds a run, so
     a resume keeps the record of how the run was started (the resume's own overrides are in
     its checkpoint, its final config in ``config.yaml``) and a run refused there changes
-    nothing."""
-    return None if holds_run(output_dir) else HYDRA_DIR
+    nothing. A new directory is locked first (``RunLock.take_early``): of two runs started
+    at once on it, only the one that will train writes the record."""
+    if holds_run(output_dir):
+        return None
+    return HYDRA_DIR if RunLock.take_early(output_dir) else None
 
 
 OmegaConf.register_new_resolver("tf_run_dir", run_dir_for, replace=True)
@@ -226,6 +229,9 @@ def guarded(main) -> None:
         main()
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # trainforge --cfg job | head: the reader has gone, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - the point is to catch everything at the door
         if full:
             raise
@@ -242,6 +248,10 @@ def guarded(main) -> None:
             # raised before the run (Hydra making hydra.run.dir where a file is, say): no bug of ours
             print(f"trainforge: error: {exc.filename}: {exc.strerror or exc}", file=stderr)
             sys.exit(2)
+        broken = yaml_syntax_error(exc)
+        if broken:  # a config file that is no YAML: bad input, not a crash
+            print(f"trainforge: error: {broken}", file=stderr)
+            sys.exit(2)
         if not isinstance(exc, USER_ERRORS):  # a crash: say what and where its traceback is
             where = getattr(exc, "training_log", None)
             hint = f"traceback in {where}" if where else "HYDRA_FULL_ERROR=1 shows the traceback"
@@ -252,6 +262,24 @@ def guarded(main) -> None:
         sys.exit(getattr(exc, "exit_code", 2))
     finally:
         sys.stderr = stderr
+
+
+def yaml_syntax_error(exc: BaseException):
+    """``FILE:LINE:COLUMN: YAML syntax error: ...`` for a YAML error in ``exc``'s chain, else None."""
+    import yaml
+
+    seen = exc
+    while seen is not None and not isinstance(seen, yaml.YAMLError):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    mark = getattr(seen, "problem_mark", None)
+    where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else "a config file"
+    what = ", ".join(filter(None, [getattr(seen, "context", None), getattr(seen, "problem", None)])) or str(seen)
+    context = getattr(seen, "context_mark", None)
+    opened = f" (opened at {context.line + 1}:{context.column + 1})" if context is not None and mark is not None \
+        and (context.line, context.column) != (mark.line, mark.column) else ""
+    return f"{where}: YAML syntax error: {what}{opened}"
 
 
 class _DropPreamble:
@@ -288,7 +316,34 @@ def train_command() -> None:
 
     user_folders_importable(sys.argv[1:])
     install()  # a node naming another _target_ replaces the one it lands on
+    checked_show_cfg()
     guarded(hydra.main(config_path="pkg://trainforge.conf", config_name="train", version_base="1.3")(task))
+
+
+def checked_show_cfg() -> None:
+    """``--cfg job`` (or ``all``) prints the composed config as Hydra does, then puts it
+    through the door: a config that would be refused says so, in one line after the print,
+    and exits 2."""
+    from hydra._internal.hydra import Hydra
+
+    if getattr(Hydra.show_cfg, "trainforge", False):
+        return
+    show = Hydra.show_cfg
+
+    def show_and_check(self, config_name, overrides, cfg_type, package, resolve=False):
+        show(self, config_name, overrides, cfg_type, package, resolve)
+        if cfg_type in ("job", "all"):
+            from hydra.types import RunMode
+
+            from trainforge.config import validate
+
+            sys.stdout.flush()
+            cfg = self.compose_config(config_name=config_name, overrides=overrides, run_mode=RunMode.RUN,
+                                      with_log_configuration=False)
+            validate(self.get_sanitized_cfg(cfg, "job"))
+
+    show_and_check.trainforge = True
+    Hydra.show_cfg = show_and_check
 
 
 def user_folders_importable(argv) -> list:

@@ -74,10 +74,34 @@ class RunLock:
     """``with RunLock(run_dir, key):`` holds the directory for this process or raises the
     one-line "already holds a run" ConfigError naming ``key`` (how the user chose it)."""
 
+    EARLY: dict = {}  # run dir -> the fd this process locked it with before Hydra wrote its record
+
     def __init__(self, run_dir, key: str = "hydra.run.dir"):
         self.path, self.key, self.fd = Path(run_dir) / LOCK, key, None
 
+    @classmethod
+    def take_early(cls, run_dir) -> bool:
+        """Lock a new run directory for this process before anything is written there (Hydra's
+        record of the composition): True if this process holds it now. The ``with RunLock``
+        of the run then adopts the lock; a process that lost the race writes nothing."""
+        key = str(Path(run_dir).resolve())
+        if key in cls.EARLY:
+            return True
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        cls.EARLY[key] = fd
+        return True
+
     def __enter__(self) -> "RunLock":
+        early = RunLock.EARLY.pop(str(self.path.parent.resolve()), None)
+        if early is not None:  # taken before Hydra wrote the record: this process's already
+            self.fd = early
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + ORPHAN_WAIT_S
         while True:

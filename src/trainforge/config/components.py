@@ -140,6 +140,7 @@ class DataConf:
 
 @dataclass
 class GlintConf(DataConf):
+    MONITOR: ClassVar[tuple] = ("val_dice", "max")  # checkpoint.monitor and .mode unless set
     KIND: ClassVar[str] = "masks"
     IN_CHANNELS: ClassVar[int] = 1
     _target_: str = "trainforge.data.GlintData"
@@ -152,6 +153,7 @@ class GlintConf(DataConf):
 
 @dataclass
 class DigitsConf(DataConf):
+    MONITOR: ClassVar[tuple] = ("val_accuracy", "max")
     KIND: ClassVar[str] = "classes"
     IN_CHANNELS: ClassVar[int] = 1
     NUM_CLASSES: ClassVar[int] = 10
@@ -162,6 +164,7 @@ class DigitsConf(DataConf):
 
 @dataclass
 class SeqSetConf(DataConf):
+    MONITOR: ClassVar[tuple] = ("val_auroc", "max")
     _target_: str = "trainforge.data.SeqSetData"
     batch_size: int = opt(32, at_least(1))
     num_patients: int = opt(2000, at_least(2))
@@ -271,3 +274,18 @@ class ELBOConf:
 
 
 DATA_BY_TARGET = {c._target_: c for c in (GlintConf, DigitsConf, SeqSetConf)}
+DEFAULT_MONITOR = ("val_loss", "min")  # any other data (plain datasets, a data option of the user's)
+
+
+def monitor_of(data_target) -> str:
+    """``${tf_monitor:DATA_TARGET}``: checkpoint.monitor's default, the data option's own."""
+    return getattr(DATA_BY_TARGET.get(data_target), "MONITOR", DEFAULT_MONITOR)[0]
+
+
+def mode_of(data_target, monitor) -> str:
+    """``${tf_mode:DATA_TARGET,MONITOR}``: checkpoint.mode's default: the data option's mode for
+    its own monitor; for another monitor, min for a loss (a name holding "loss"), else max."""
+    default, mode = getattr(DATA_BY_TARGET.get(data_target), "MONITOR", DEFAULT_MONITOR)
+    if monitor == default:
+        return mode
+    return "min" if "loss" in str(monitor) else "max"

@@ -45,7 +45,14 @@ def schema_name(group: str, name: str) -> str:
 
 def register() -> None:
     """Store every schema in Hydra's ConfigStore (idempotent). Options reference theirs
-    as ``- /<group>_<name>_schema`` first in their defaults list."""
+    as ``- /<group>_<name>_schema`` first in their defaults list. Also the resolvers of the
+    defaults that follow the data option (``conf/checkpoint/default.yaml``)."""
+    from omegaconf import OmegaConf
+
+    from trainforge.config.components import mode_of, monitor_of
+
+    OmegaConf.register_new_resolver("tf_monitor", monitor_of, replace=True)
+    OmegaConf.register_new_resolver("tf_mode", mode_of, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConf)
     for group, options in SCHEMAS.items():
