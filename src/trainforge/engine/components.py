@@ -90,7 +90,7 @@ class MetricSet:
     """
 
     def __init__(self, metrics: dict, device=None):
-        self.metrics = {k: m for k, m in metrics.items() if m is not None}
+        self.metrics, self.device = {k: m for k, m in metrics.items() if m is not None}, device
         for key, m in self.metrics.items():
             for method in ("update", "compute", "reset"):
                 if not callable(getattr(m, method, None)):
@@ -142,7 +142,7 @@ class MetricSet:
             m.reset()
             for part in dist.gather_objects(self.inputs.get(key, [])):
                 for output, target in part:
-                    m.update(*_to_device((output, target), _device_of(m)))
+                    m.update(*_to_device((output, target), self.device))  # where the inputs were
 
     def state_dicts(self) -> dict:
         """{key: metric} of the metrics that keep a state of their own (``state_dict``)."""
@@ -198,10 +198,6 @@ def _to_device(obj, device):
     if isinstance(obj, (tuple, list)):
         return type(obj)(_to_device(v, device) for v in obj)
     return obj
-
-
-def _device_of(metric):
-    return getattr(metric, "device", None) if is_torchmetric(metric) else getattr(metric, "input_device", None)
 
 
 # ---- callbacks ------------------------------------------------------------------------

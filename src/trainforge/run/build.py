@@ -315,6 +315,6 @@ def vae_monitoring(cfg, record, loss_fn, metrics) -> tuple:
 
         c = cfg.collapse
         stats = LatentStats(c.threshold)
-        metrics = MetricSet({**metrics.metrics, "collapse": stats})
+        metrics = MetricSet({**metrics.metrics, "collapse": stats}, metrics.device)
         hooks.append(CollapseHook(stats, record, c.min_active_fraction, c.min_kl, c.patience, c.action))
     return metrics, hooks
