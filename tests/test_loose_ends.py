@@ -68,6 +68,19 @@ def test_a_yaml_syntax_error_names_file_line_and_column(env, tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+def test_an_exception_chain_that_loops_is_read_to_its_end():
+    """An error whose cause chain loops back on itself (as a refused data file's did) is no
+    YAML error, and reading the chain ends."""
+    from trainforge.cli import yaml_syntax_error
+
+    first, second = OSError("a"), ValueError("b")
+    first.__context__, second.__context__ = second, first
+    assert yaml_syntax_error(first) is None
+    inner = yaml.YAMLError("bad")
+    second.__context__ = inner
+    assert yaml_syntax_error(first).endswith("YAML syntax error: bad")
+
+
 def test_cfg_job_prints_the_config_then_says_it_would_be_refused(env, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "trainforge", "--cfg", "job", "optimizer.lr=-5"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=120)

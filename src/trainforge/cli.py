@@ -268,10 +268,11 @@ def yaml_syntax_error(exc: BaseException):
     """``FILE:LINE:COLUMN: YAML syntax error: ...`` for a YAML error in ``exc``'s chain, else None."""
     import yaml
 
-    seen = exc
-    while seen is not None and not isinstance(seen, yaml.YAMLError):
+    seen, visited = exc, set()
+    while seen is not None and id(seen) not in visited and not isinstance(seen, yaml.YAMLError):
+        visited.add(id(seen))  # a chain may loop back on itself
         seen = seen.__cause__ or seen.__context__
-    if seen is None:
+    if not isinstance(seen, yaml.YAMLError):
         return None
     mark = getattr(seen, "problem_mark", None)
     where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}" if mark is not None else "a config file"
