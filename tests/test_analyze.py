@@ -235,3 +235,38 @@ def test_warnings_name_rising_loss_nonfinite_steps_and_a_train_val_gap(tmp_path)
                                                f"3,0.6,{val}\n")
         warnings = analyze.summary(analyze.load_run(run))["warnings"]
         assert any(w.startswith("val_loss is 1.") for w in warnings) == warned, (val, warnings)
+
+
+def test_damaged_files_unstarted_jobs_and_both_times_are_said(run_dir, sweep_dir, tmp_path, capsys):
+    """Nothing is passed over in silence: a cut-short last CSV line, an unreadable CSV line,
+    an unreadable metrics.json; a sweep with jobs not started says so; comparison.csv gives
+    the summed epoch time and the job's wall time, each under its own name."""
+    run = tmp_path / "damaged"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("plots", "*.pth", "*.pt"))
+    text = (run / "epoch_metrics.csv").read_text()
+    (run / "epoch_metrics.csv").write_text(text[:text.rstrip("\n").rfind(",")] + "\n")  # the last row cut mid-write
+    batches = (run / "batch_metrics.csv").read_text().splitlines()
+    (run / "batch_metrics.csv").write_text("\n".join([*batches[:3], ",".join(["1"] * 40), *batches[3:]]) + "\n")
+    (run / "metrics.json").write_text('[{"epoch": 1, "train": {"loss"')
+    assert analyze.main([str(run), "--batch_metrics"]) == 0
+    out = capsys.readouterr().out
+    assert "Status: COMPLETED - epochs done: 2/3" in out
+    assert "Warning: epoch_metrics.csv: its last line is cut short (a write interrupted?): left out" in out
+    assert "Warning: batch_metrics.csv: 1 unreadable line(s) left out (wrong number of fields)" in out
+    assert "Warning: metrics.json is unreadable (JSONDecodeError: " in out
+    assert analyze.main([str(run_dir)]) == 0 and "Warning" not in capsys.readouterr().out  # the intact run: none
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, sweep, ignore=shutil.ignore_patterns("plots", "*.pth", "*.pt", "3", "summary.csv"))
+    assert analyze.main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert f"Sweep: {sweep} - 3 of 4 job(s), ranked by val_dice (max)" in out
+    assert "Warning: 1 of the 4 jobs have not started (the sweep is still running, or stopped before them)" in out
+    table = {r["job"]: r for r in rows(sweep / "comparison.csv")}
+    assert "time_s" not in table["0"] and "collapse" not in table["0"]  # no SeqSetVAE job: no collapse column
+    for job in ("0", "1"):
+        status = json.loads((sweep / job / "status.json").read_text())
+        summed = sum(column(rows(sweep / job / "epoch_metrics.csv"), "epoch_time"))
+        assert math.isclose(float(table[job]["epoch_time_s"]), summed, rel_tol=1e-9)
+        assert math.isclose(float(table[job]["wall_s"]), status["finished"] - status["started"], rel_tol=1e-9)
+        assert float(table[job]["wall_s"]) > summed  # start-up and checkpoints are in the wall time only

@@ -66,8 +66,8 @@ HOW = {
     "python train.py": "tests/test_train_cli.py::test_default_experiment_reaches_dice_0_8",
     "python train.py scheduler=cosine log.interval=20": HERE,
     "python train.py experiment=digits": "tests/test_data.py::test_digits_experiment_reaches_97_percent",
-    "python train.py experiment=seqset": HERE,
-    "python train.py experiment=seqsetvae": "tests/test_seqsetvae.py::test_default_seqsetvae_run_under_two_minutes_with_auroc_0_8",
+    "python train.py experiment=seqset": "tests/test_data.py::test_seqset_experiment_reaches_95_percent",
+    "python train.py experiment=seqsetvae": "tests/test_seqsetvae.py::test_default_seqsetvae_run_under_two_minutes_with_auroc_0_8_and_its_finetune_0_9",
     "python train.py experiment=seqsetvae_finetune model.init_weights=RUN/best_model_weights.pt": HERE,
     "python train.py model.init_weights=RUN/best_model_weights.pt": HERE,
     "python train.py --help": HERE,
@@ -84,7 +84,7 @@ HOW = {
     "srun --ntasks=2 python train.py data.batch_size=8": "slurm",
     # sweeps
     "python train.py -m loss=focal,hybrid": HERE,
-    "python train.py -m experiment=seqsetvae loss.beta=0.05,4.0": "tests/test_seqsetvae.py::test_sweep_over_beta",
+    "python train.py -m experiment=seqsetvae loss.beta=0.05,4.0": "tests/test_seqsetvae.py::test_sweep_over_beta_flags_the_collapsed_job",
     "python train.py -m hydra/launcher=slurm hydra.launcher.partition=gpu loss=focal,hybrid": "slurm",
     # analysis
     "python -m trainforge.analyze DIR [--batch_metrics]": HERE,
@@ -93,6 +93,8 @@ HOW = {
     # measured figures
     "pytest -m slow tests/test_train_cli.py -k default_experiment": HERE,
     "pytest -m slow tests/test_data.py -k digits": HERE,
+    "pytest -m slow tests/test_data.py -k seqset_experiment": HERE,
+    "pytest -m slow tests/test_seqsetvae.py -k finetune": HERE,
     "pytest tests/test_optimization.py -k accum -s": HERE,
     "python benchmarks/bench_shared_memory.py --json docs/benchmarks/shared_memory_cpu.json": HERE,
     "python benchmarks/bench_overhead.py --device cpu --clock cpu --threads 1 --rounds 15 --control --json "

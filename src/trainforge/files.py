@@ -36,6 +36,7 @@ METRICS_JSON = "metrics.json"
 EPOCH_CSV = "epoch_metrics.csv"
 BATCH_CSV = "batch_metrics.csv"
 COLLAPSE_CSV = "collapse.csv"
+COLLAPSE_WARNING = "posterior collapse suspected"  # the start of its warning in training.log
 LATEST = "latest_checkpoint.pth"
 BEST = "best_model.pth"
 BEST_WEIGHTS = "best_model_weights.pt"

@@ -21,7 +21,7 @@ from pathlib import Path
 from trainforge.analysis import plots
 from trainforge.files import PLOTS
 from trainforge.analysis.runs import (RUN_FILES, AnalysisError, comparison, format_summary, is_run, job_dirs,
-                                      labels, load_run, summary, sweep_runs)
+                                      labels, load_run, planned_jobs, summary, sweep_runs)
 from trainforge.analysis.runs import *  # noqa: F401,F403  (the names this module had)
 
 
@@ -35,10 +35,18 @@ def analyze_sweep(path: Path, batch_metrics: bool, window: int | None, out=print
 
     with pd.option_context("display.width", 200, "display.max_columns", 12, "display.max_colwidth", 40):
         shown = table.drop(columns=["error"])
-        out(f"Sweep: {path} - {len(runs)} job(s), ranked by {monitor} ({mode})")
+        planned = planned_jobs(path)
+        jobs = f"{len(runs)} of {planned} job(s)" if planned and planned > len(runs) else f"{len(runs)} job(s)"
+        out(f"Sweep: {path} - {jobs}, ranked by {monitor} ({mode})")
         out(shown.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
     for _, row in table[table["status"].isin(["FAILED", "PREEMPTED", "RUNNING", "unknown"])].iterrows():
         out(f"Job {row['job']} ({row['overrides']}): {row['status']}" + (f" - {row['error']}" if row["error"] else ""))
+    for run in runs:
+        for line in run.damage:
+            out(f"Warning: job {run.name}: {line}")
+    if planned and planned > len(runs):
+        out(f"Warning: {planned - len(runs)} of the {planned} jobs have not started (the sweep is still running, "
+            "or stopped before them): the table shows the started ones")
     if (path / "multirun.yaml").exists() and not (path / "summary.csv").exists():
         out("Note: no summary.csv (the sweep did not finish, or a job failed): jobs read from their directories")
     out(f"Wrote {path / 'comparison.csv'} and {len(files)} plot(s) in {path / 'plots'}")

@@ -12,7 +12,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainforge.files import BATCH_CSV, CONFIG, EPOCH_CSV, METRICS_JSON, STATUS, TRAINING_LOG, process_ended
+from trainforge.files import (BATCH_CSV, COLLAPSE_CSV, COLLAPSE_WARNING, CONFIG, EPOCH_CSV, METRICS_JSON, STATUS, TRAINING_LOG,
+                              process_ended)
 
 RUN_FILES = (EPOCH_CSV, METRICS_JSON, BATCH_CSV, STATUS, TRAINING_LOG)
 BATCH_LINE = re.compile(r"Epoch \[(\d+)/(\d+)\] - Progress [\d.]+% \((\d+)/(\d+)\)")
@@ -39,6 +40,7 @@ class Run:
     overrides: list = field(default_factory=list)
     missing: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    damage: list = field(default_factory=list)  # files read in part or not at all: warnings
 
     @property
     def name(self) -> str:
@@ -55,31 +57,50 @@ def _numeric(frame):
     return frame.apply(pd.to_numeric, errors="coerce")
 
 
-def read_table(path: Path):
+def read_table(path: Path, damage: list | None = None, live: bool = False):
     """A metrics CSV as numbers. A last line cut short by a crash (its last column,
-    ``lr`` or ``epoch_time``, empty) is dropped; unreadable lines are skipped."""
+    ``lr`` or ``epoch_time``, empty) is dropped; unreadable lines are skipped; each is said
+    in ``damage`` (a list of warning lines) when given, the last line not for a ``live``
+    run (one that is writing it)."""
     import pandas as pd
 
     frame = _numeric(pd.read_csv(path, on_bad_lines="skip"))
+    lines = sum(1 for line in path.read_bytes().splitlines() if line.strip()) - 1  # the header aside
+    skipped = lines - len(frame)
     if len(frame.columns):
-        frame = frame[frame[frame.columns[-1]].notna() & frame[frame.columns[0]].notna()]
+        whole = frame[frame.columns[-1]].notna() & frame[frame.columns[0]].notna()
+        if damage is not None and len(frame) and not whole.iloc[-1] and not live:
+            damage.append(f"{path.name}: its last line is cut short (a write interrupted?): left out")
+        if damage is not None and (~whole.iloc[:-1]).any():
+            damage.append(f"{path.name}: {int((~whole.iloc[:-1]).sum())} incomplete line(s) left out")
+        frame = frame[whole]
+    if damage is not None and skipped:
+        damage.append(f"{path.name}: {skipped} unreadable line(s) left out (wrong number of fields)")
     return frame.reset_index(drop=True)
 
 
-def _json(path: Path):
+def _json(path: Path, damage: list | None = None):
+    """The JSON in ``path``; None if absent or unreadable (said in ``damage`` when given)."""
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        if damage is not None:
+            damage.append(f"{path.name} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:80]}): ignored")
         return None
 
 
-def _epochs(path: Path, run_notes: list):
+def _epochs(path: Path, run_notes: list, damage: list, live: bool):
     """Epoch rows from epoch_metrics.csv, else metrics.json; one row per epoch (the last)."""
     import pandas as pd
 
+    records = _json(path / METRICS_JSON, damage)
+    if records is not None and not isinstance(records, list):
+        damage.append(f"{METRICS_JSON} holds no list of epochs: ignored")
     if (path / EPOCH_CSV).exists():
-        frame = read_table(path / EPOCH_CSV)
-    elif isinstance(records := _json(path / METRICS_JSON), list) and records:
+        frame = read_table(path / EPOCH_CSV, damage, live)
+    elif isinstance(records, list) and records:
         frame = _numeric(pd.json_normalize(records, sep="_"))
         run_notes.append("epoch rows read from metrics.json (no epoch_metrics.csv)")
     else:
@@ -104,9 +125,10 @@ def _config(path: Path) -> dict:
 def load_run(path, batch_metrics: bool = True) -> Run:
     """Everything the plots and the summary need from one run directory."""
     path = Path(path)
-    notes: list = []
-    run = Run(path, _epochs(path, notes), notes=notes)
-    run.status = _json(path / STATUS) or {}
+    notes, damage = [], []
+    status = _json(path / STATUS, damage) or {}
+    live = status.get("status") == "RUNNING" and _alive(status) is not False
+    run = Run(path, _epochs(path, notes, damage, live), status=status, notes=notes, damage=damage)
     cfg = _config(path)
     best = run.status.get("best") or {}
     ck = cfg.get("checkpoint", {})
@@ -123,7 +145,7 @@ def load_run(path, batch_metrics: bool = True) -> Run:
             run.missing.append(name)
     if batch_metrics:
         if (path / BATCH_CSV).exists():
-            run.batches = read_table(path / BATCH_CSV)
+            run.batches = read_table(path / BATCH_CSV, damage, live)
         else:
             run.missing.append("batch_metrics.csv (train with log.batch_metrics=true for the batch plots)")
     return run
@@ -157,10 +179,20 @@ def _alive(status: dict) -> bool | None:
     return not process_ended(int(status["pid"]))
 
 
+def collapse_suspected(path: Path) -> bool:
+    """Whether the run's log says posterior collapse was suspected (SeqSetVAE's check)."""
+    try:
+        return COLLAPSE_WARNING.encode() in (path / TRAINING_LOG).read_bytes()
+    except OSError:
+        return False
+
+
 def warnings_for(run: Run) -> list:
-    """What a researcher wants pointed out: rising losses, non-finite steps, a train/val
-    gap, a run that died without saying so."""
-    out, e = [], run.epochs
+    """What a researcher wants pointed out: files read in part, rising losses, non-finite
+    steps, a train/val gap, collapse, a run that died without saying so."""
+    out, e = list(run.damage), run.epochs
+    if collapse_suspected(run.path):
+        out.append(f"posterior collapse suspected (see {TRAINING_LOG} and {COLLAPSE_CSV})")
     for col in ("train_loss", "val_loss"):
         if col in e and len(e) >= 2 and e[col].map(math.isfinite).all():
             low = e[col].min()
@@ -272,10 +304,36 @@ def sweep_runs(path: Path, batch_metrics: bool = False) -> list:
     return sorted(runs, key=lambda r: (not r.name.isdigit(), int(r.name) if r.name.isdigit() else 0, r.name))
 
 
+def planned_jobs(path: Path) -> int | None:
+    """How many jobs the sweep in ``path`` was started with, from its ``multirun.yaml``
+    (Hydra's basic sweeper: the product of the swept values); None when unknown."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from omegaconf import OmegaConf
+
+        hydra = OmegaConf.load(path / "multirun.yaml").hydra
+        if not str(hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+            return None  # a search (Optuna, ...) decides its trials as it goes
+        params = [f"{k}={v}" for k, v in (hydra.sweeper.get("params") or {}).items()]
+        parsed = {o.key_or_group: o for o in OverridesParser.create().parse_overrides([*params, *hydra.overrides.task])}
+        return math.prod(len(list(o.sweep_string_iterator())) for o in parsed.values() if o.is_sweep_override())
+    except Exception:  # noqa: BLE001 - no file, or one we cannot read: the count is unknown
+        return None
+
+
 def labels(runs: list) -> dict:
     """Job name -> the overrides that differ between jobs (those shared by all say nothing)."""
     shared = set.intersection(*(set(r.overrides) for r in runs)) if runs else set()
     return {r.name: " ".join(o for o in r.overrides if o not in shared) or f"job {r.name}" for r in runs}
+
+
+def wall_time(status: dict) -> float:
+    """Seconds from the start of the run's last process to its end (a resumed run: its last
+    part), or NaN for a run not ended."""
+    try:
+        return float(status["finished"]) - float(status["started"])
+    except (KeyError, TypeError, ValueError):
+        return math.nan
 
 
 def comparison(runs: list):
@@ -286,7 +344,7 @@ def comparison(runs: list):
     monitor = pd.Series([r.monitor for r in runs]).mode()[0]
     mode = next(r.mode for r in runs if r.monitor == monitor)
     names = labels(runs)
-    rows = []
+    rows, collapse_column = [], any((r.path / COLLAPSE_CSV).exists() for r in runs)
     for r in runs:
         r.monitor, r.mode = monitor, mode
         best, e = best_epoch(r), r.epochs
@@ -295,7 +353,10 @@ def comparison(runs: list):
                "best_epoch": best[0] if best else math.nan}
         if len(e):
             row.update({f"final_{c}": e[c].iloc[-1] for c in e.columns if c == "train_loss" or c.startswith("val_")})
-        row["time_s"] = float(e["epoch_time"].sum()) if "epoch_time" in e else math.nan
+        row["epoch_time_s"] = float(e["epoch_time"].sum()) if "epoch_time" in e else math.nan
+        row["wall_s"] = wall_time(r.status)
+        if collapse_column:
+            row["collapse"] = collapse_suspected(r.path)
         row["error"] = r.status.get("error") or ""
         rows.append(row)
     table = pd.DataFrame(rows)

@@ -7,7 +7,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from trainforge.files import TRAINING_LOG, read_status
+from trainforge.files import COLLAPSE_CSV, TRAINING_LOG, read_status
 
 
 SUMMARY = "summary.csv"
@@ -24,6 +24,10 @@ def job_row(job, overrides: str, run_dir, status=None, error="", log="", gpus=""
     if best.get("monitor"):
         row[f"best_{best['monitor']}"] = best.get("value")
         row["best_epoch"] = best.get("epoch")
+    if (Path(run_dir) / COLLAPSE_CSV).exists():  # SeqSetVAE's check ran: say whether it fired
+        from trainforge.analysis.runs import collapse_suspected
+
+        row["collapse"] = collapse_suspected(Path(run_dir))
     row.update(gpus=gpus, run_dir=str(run_dir), error=error or record.get("error", ""),
                log=log if row["status"] not in ("COMPLETED", "SKIPPED") else "")
     final = record.get("final") or {}
@@ -48,9 +52,10 @@ def table(rows: list, shown: dict) -> str:
     import pandas as pd
 
     best = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("best_") and k != "best_epoch"]
+    flags = ["collapse"] if any("collapse" in r for r in rows) else []
     frame = pd.DataFrame([{"job": r["job"], "overrides": shown.get(r["job"], r["overrides"]), "status": r["status"],
-                           **{k: r.get(k) for k in best}, "epochs": r.get("epochs"), "run_dir": relative(r["run_dir"])}
-                          for r in rows])
+                           **{k: r.get(k) for k in best}, "epochs": r.get("epochs"), **{k: r.get(k) for k in flags},
+                           "run_dir": relative(r["run_dir"])} for r in rows])
     text = frame.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.6g}")
     errors = [f"  job {r['job']} {r['status']}: {r['error']}" + (f"\n    log: {r['log']}" if r["log"] else "")
               for r in rows if r["status"] not in ("COMPLETED", "SKIPPED") and (r["error"] or r["log"])]

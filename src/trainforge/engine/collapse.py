@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from trainforge.engine.logging import LOGGER
-from trainforge.files import COLLAPSE_CSV, RunRecord
+from trainforge.files import COLLAPSE_CSV, COLLAPSE_WARNING, RunRecord
 from trainforge.engine.trainer import HookBase
 
 log = logging.getLogger(LOGGER)
@@ -55,7 +55,7 @@ class CollapseHook(HookBase):
         if streak < self.patience:
             return
         val = t.val_metrics
-        message = (f"posterior collapse suspected: {streak} validations in a row with active units "
+        message = (f"{COLLAPSE_WARNING}: {streak} validations in a row with active units "
                    f"{val['active_units']}/{len(self.stats.per_dim['kl'])} (fraction {val['active_fraction']:.3f}, "
                    f"threshold {self.min_active_fraction}) or raw KL {val['kl_total']:.4f} nats (threshold "
                    f"{self.min_kl}); per-dimension values in {COLLAPSE_CSV}")
