@@ -306,3 +306,31 @@ def test_bad_ddp_settings_fail_at_the_door(compose_cfg, overrides, message):
 
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         validate(compose_cfg(*overrides))
+
+
+@pytest.mark.slow  # CI time: torchrun with 2 ranks, a stop and a resume
+def test_ctrl_c_under_torchrun_saves_the_run_records_75_and_torchrun_exits_1(env, tmp_path):
+    """As docs/ddp.md says: Ctrl-C (SIGINT to the terminal's process group) under torchrun
+    stops both ranks at one step and saves; torchrun exits with its own 1, the run's
+    status.json holds the 75; the resume finishes the run."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             f"--master_port={free_port()}", str(ROOT / "train.py"), "data.num_samples=320",
+                             "data.image_size=32", "data.batch_size=8", "trainer.epochs=3", "log.progress=false",
+                             f"hydra.run.dir={run}"], cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while not ((run / "training.log").exists() and "Epoch [1/3]" in (run / "training.log").read_text()):
+        assert proc.poll() is None and time.time() < deadline, "the run did not start training"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: torchrun and both ranks
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 1, out[-3000:]
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "PREEMPTED" and status["exit_code"] == 75, status
+    assert f"continue with resume={run}" in out and (run / "latest_checkpoint.pth").exists()
+    resumed = subprocess.run([sys.executable, str(ROOT / "train.py"), f"resume={run}"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "COMPLETED" and status["world_size"] == 2 and status["epoch"] == 3

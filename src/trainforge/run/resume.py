@@ -7,6 +7,7 @@ has none). A resumed run continues in the directory that holds the checkpoint.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -75,6 +76,15 @@ def merged_overrides(saved: list, current: list) -> list:
     return list(merged.values())
 
 
+def _ranks_of(ckpt: dict) -> list:
+    """``trainer.devices=N`` for a run of N ranks resumed by a plain process: a run started
+    by torchrun or SLURM set ``trainer.devices`` from its ranks (no override says it), and
+    its resume starts as many (under torchrun or SLURM again, the ranks there decide)."""
+    world = int(ckpt.get("world_size") or 1)
+    started_as_a_rank = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    return [f"trainer.devices={world}"] if world > 1 and not started_as_a_rank else []
+
+
 def recompose(cfg, ckpt: dict, current: list):
     """The config the resumed run continues with: the checkpoint's overrides, then this
     command's, composed afresh with the run's own config sources (its primary config and
@@ -86,7 +96,7 @@ def recompose(cfg, ckpt: dict, current: list):
 
     if launched_by_parent():  # a rank of trainer.devices=N: the parent recomposed
         return cfg
-    overrides = merged_overrides(ckpt.get("overrides", []), current)
+    overrides = merged_overrides([*ckpt.get("overrides", []), *_ranks_of(ckpt)], current)
     overrides += [f"++{k}={v}" for k in OWN_KEYS if (v := cfg.get(k)) is not None]
     sources = ckpt.get("config_sources")
     if sources is not None:
