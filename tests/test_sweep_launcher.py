@@ -294,6 +294,62 @@ def test_sigterm_stops_every_job_and_the_rerun_finishes_the_sweep(env, tmp_path)
     assert [r["status"] for r in summary(tmp_path)] == ["COMPLETED"] * 3
 
 
+STAND_INS = {  # a SLURM whose jobs never end; after the cancel, sacct hangs
+    "srun": "exit 0\n",
+    "sbatch": 'echo "Submitted batch job 4242"\n',
+    "scancel": 'echo "$@" >> "$STAND_IN_LOG/scancel"\n',
+    "sacct": '[ -e "$STAND_IN_LOG/scancel" ] && exec python3 -c "import time; time.sleep(300)" "$STAND_IN_LOG"\n'
+             'echo "JobID|State|NodeList"\n'
+             'echo "4242_0|RUNNING|node1"\necho "4242_1|RUNNING|node1"\n',
+}
+
+
+@pytest.mark.slow  # CI time: the stand-in SLURM takes 15 s a case
+@pytest.mark.parametrize("second", ["SIGINT", "SIGTERM"])
+def test_a_second_signal_ends_a_slurm_sweep_at_once_and_says_what_may_still_run(env, tmp_path, second):
+    """Ctrl-C cancels the SLURM jobs and waits for them to end; a second Ctrl-C (here while
+    sacct hangs) ends the parent at once, naming the jobs that may still run and how to cancel
+    them; no sacct is left behind."""
+    bin_dir, log = tmp_path / "slurm_bin", tmp_path / "slurm_log"
+    bin_dir.mkdir(), log.mkdir()
+    for name, body in STAND_INS.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    e = dict(env, PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", STAND_IN_LOG=str(log))
+    parent = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm",
+                               "hydra.launcher.poll_s=0.2", *ONE, "loss=focal,dice",
+                               f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, env=e,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _second_signal_ends_the_wait(parent, log, getattr(signal, second), time.time() + 120)
+    finally:
+        parent.kill()
+        for pid in leftovers(str(log)):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _second_signal_ends_the_wait(parent, log, second, deadline) -> None:
+    while "submitted as SLURM array 4242" not in parent.stdout.readline():
+        assert time.time() < deadline and parent.poll() is None, parent.communicate()
+    parent.send_signal(signal.SIGINT)
+    while not (log / "scancel").exists():
+        assert time.time() < deadline and parent.poll() is None, parent.communicate()
+        time.sleep(0.1)
+    time.sleep(3)  # the parent waits on: sacct (hanging now) says the jobs run
+    assert parent.poll() is None and leftovers(str(log)) != []  # the hanging sacct
+    sent = time.time()
+    parent.send_signal(second)
+    out, err = parent.communicate(timeout=60)
+    assert time.time() - sent < 10, "the second signal did not end the sweep at once"
+    assert parent.returncode == 75, err
+    assert sorted((log / "scancel").read_text().split()) == ["4242_0", "4242_1"]
+    left = "2 SLURM job(s) may still be running (4242_0, 4242_1): `scancel 4242` cancels them"
+    assert left in out and left in err.strip().splitlines()[-1], (out, err)
+    assert [r["status"] for r in summary(log.parent)] == ["UNKNOWN", "UNKNOWN"]
+    left_behind = leftovers(str(log))
+    assert left_behind == [], [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left_behind]
+
+
 @pytest.mark.slow  # CI time: the same path is covered by other sweep tests
 def test_a_rerun_with_other_overrides_is_refused(env, tmp_path):
     (tmp_path / "sweep/0/.hydra").mkdir(parents=True)

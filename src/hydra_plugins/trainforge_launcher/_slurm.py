@@ -25,3 +25,16 @@ def slurm_parameters(params) -> Dict[str, Any]:
     if p.get("mem_gb"):
         out["mem"] = f"{p['mem_gb']}GB"
     return out
+
+
+class LeaveNow(BaseException):
+    """A second stop signal while SLURM still reports jobs running: the parent leaves them.
+    A BaseException, as KeyboardInterrupt: submitit passes over an Exception in its sacct call."""
+
+
+def leave_message(waiting) -> str:
+    """Which SLURM jobs may still be running, and how to see and cancel them."""
+    ids = [e.job.job_id for e in waiting]
+    arrays = sorted({i.split("_")[0] for i in ids})
+    return (f"{len(ids)} SLURM job(s) may still be running ({', '.join(ids)}): `scancel {' '.join(arrays)}` "
+            f"cancels them, `sacct -j {','.join(arrays)}` shows their state")

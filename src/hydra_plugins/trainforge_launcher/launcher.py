@@ -20,6 +20,7 @@ from omegaconf import OmegaConf, open_dict
 
 from ._job import is_trainforge, varying
 from ._session import drop_empty, kill_group, say, session_executor, terminate
+from ._slurm import LeaveNow, leave_message
 
 # keys the launcher sets for a job unless the user did; they do not tell jobs apart
 OWN_KEYS = ("trainer.threads", "trainer.devices")
@@ -241,9 +242,11 @@ class _SubmititLauncher(Launcher):
         if self.stop_signal:
             stopped = sum(e.status == "PREEMPTED" for e in entries)
             waiting = sum(e.status in ("NOT_STARTED", "CANCELLED") for e in entries)
+            left = [e for e in entries if e.status == "UNKNOWN"]
             raise SweepStopped(f"sweep stopped by {self.stop_signal}: {stopped} job(s) saved and stopped, "
-                               f"{waiting} not run; the same command with hydra.sweep.dir={sweep_dir} "
-                               "finishes it (completed jobs are skipped)")
+                               f"{waiting} not run" + (f", {leave_message(left)}" if left else "")
+                               + f"; the same command with hydra.sweep.dir={sweep_dir} finishes it (completed "
+                               "jobs are skipped)")
         bad = [e for e in entries if e.status != "COMPLETED"]
         if bad:
             raise SweepFailed(f"{len(bad)} of {len(entries)} job(s) did not complete "
@@ -318,6 +321,8 @@ class SlurmLauncher(_SubmititLauncher):
     """One SLURM array for the sweep; ``nodes`` x ``tasks_per_node`` tasks per job all run
     the same pickled job (one DDP run; ranks from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID)."""
 
+    waiting: List[Entry] = []  # the jobs SLURM has not yet reported ended, while the parent waits
+
     def check_environment(self) -> None:
         import shutil
 
@@ -341,7 +346,25 @@ class SlurmLauncher(_SubmititLauncher):
                 e.job = executor.submit(self.job_for(e, self.extra_overrides(e, p["cpus_per_task"], ranks)))
         self.say(f"sweep: {len(todo)} job(s) submitted as SLURM array {todo[0].job.job_id.split('_')[0]} "
                  f"({ranks} rank(s) per job) -> {_rel(Path(str(self.config.hydra.sweep.dir)))}")
-        waiting, cancelled = list(todo), False
+        self.waiting = list(todo)
+        try:
+            self._wait(self.waiting, p["poll_s"])
+        except LeaveNow as left:  # a second signal: the parent ends now, the jobs may go on
+            waiting, self.waiting = self.waiting, []  # a third signal is not raised in here
+            for e in waiting:
+                e.status, e.error = "UNKNOWN", f"slurm job {e.job.job_id} may still be running (left by the sweep)"
+            self.say(f"{left} again: leaving now; " + leave_message(waiting))
+
+    def _on_signal(self, signum, frame) -> None:
+        """A second signal while jobs are still reported running ends the wait at once,
+        also from inside a slow ``sacct`` or ``scancel`` (their processes are killed)."""
+        if self.stop_signal and self.waiting:
+            self.hard_stop = True
+            raise LeaveNow(signal.Signals(signum).name)
+        super()._on_signal(signum, frame)
+
+    def _wait(self, waiting: List[Entry], poll_s: float) -> None:
+        cancelled = False
         while waiting:
             if self.stop_signal and not cancelled:
                 cancelled = True
@@ -351,9 +374,9 @@ class SlurmLauncher(_SubmititLauncher):
                 if not e.started and e.job.state not in ("PENDING", "UNKNOWN", "REQUEUED"):
                     self.started(e, f"slurm job {e.job.job_id}")
                 if e.job.done():
-                    waiting.remove(e)
                     self.finish(e)
-            time.sleep(p["poll_s"])
+                    waiting.remove(e)
+            time.sleep(poll_s)
 
 
 class _NoResult(Exception):
@@ -366,16 +389,6 @@ def _killed(run_dir: Path, record: dict, why: str) -> dict:
 
     write_failed_over(run_dir, record, why)
     return {"status": "FAILED", "error": why}
-
-
-
-
-
-
-
-
-
-
 
 
 def _key(override: str) -> str:
