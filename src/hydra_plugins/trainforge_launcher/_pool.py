@@ -119,3 +119,20 @@ def status_of(run_dir: Path) -> Optional[dict]:
     from trainforge.files import read_status
 
     return read_status(run_dir) or None
+
+
+def killed(run_dir: Path, record: dict, why: str) -> dict:
+    """status.json of a job killed while RUNNING: FAILED with ``why``."""
+    from trainforge.files import write_failed_over
+
+    write_failed_over(run_dir, record, why)
+    return {"status": "FAILED", "error": why}
+
+
+def best_line(run_dir: Path) -> str:
+    """``: best val_dice=0.83 (epoch 4), 5 epoch(s)`` from the job's status.json, or ""."""
+    record = status_of(run_dir) or {}
+    best = record.get("best") or {}
+    if best.get("value") is None:
+        return ""
+    return f": best {best['monitor']}={best['value']:.6g} (epoch {best['epoch']}), {record.get('epoch')} epoch(s)"

@@ -183,7 +183,7 @@ class _SubmititLauncher(Launcher):
 
     def finish(self, e: Entry) -> None:
         """Read the job's outcome (or why it has none) and print its end line."""
-        from ._pool import status_of
+        from ._pool import best_line, killed, status_of
 
         try:
             if self.LOCAL_RESULTS and not e.job.paths.result_pickle.exists():  # (submitit waits 15 s for it)
@@ -198,14 +198,14 @@ class _SubmititLauncher(Launcher):
             lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
             died = isinstance(exc, _NoResult) or type(exc).__name__ == "UncompletedJobError"  # the task was killed
             if died and record.get("status") == "RUNNING":  # it could not record its end: say what happened
-                record = _killed(e.run_dir, record, "killed by the sweep (stop_grace_s passed, or a second signal)"
+                record = killed(e.run_dir, record, "killed by the sweep (stop_grace_s passed, or a second signal)"
                                  if self.stop_signal else "its process was killed before it recorded its end "
                                  "(SIGKILL, or out of memory?)")
             e.error = record.get("error") or (lines[0] if died else lines[-1])
         training_log = e.run_dir / "training.log"
         e.log = str(training_log if training_log.exists() and e.status == "FAILED" else e.job.paths.stdout)
         took = f" in {time.time() - e.started:.1f} s" if e.started else ""
-        detail = f": {e.error}" if e.error and e.status != "COMPLETED" else _best(e.run_dir)
+        detail = f": {e.error}" if e.error and e.status != "COMPLETED" else best_line(e.run_dir)
         self.say(f"end   #{e.num} {e.status}{took}{detail}")
 
     # ---- signals ----------------------------------------------------------------------
@@ -383,14 +383,6 @@ class _NoResult(Exception):
     pass
 
 
-def _killed(run_dir: Path, record: dict, why: str) -> dict:
-    """status.json of a job killed while RUNNING: FAILED with ``why``."""
-    from trainforge.files import write_failed_over
-
-    write_failed_over(run_dir, record, why)
-    return {"status": "FAILED", "error": why}
-
-
 def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
@@ -399,13 +391,3 @@ def _rel(path: Path) -> str:
     from trainforge.analysis.summary import relative
 
     return relative(path)
-
-
-def _best(run_dir: Path) -> str:
-    from ._pool import status_of
-
-    record = status_of(run_dir) or {}
-    best = record.get("best") or {}
-    if best.get("value") is None:
-        return ""
-    return f": best {best['monitor']}={best['value']:.6g} (epoch {best['epoch']}), {record.get('epoch')} epoch(s)"
