@@ -24,5 +24,7 @@ def test_every_schema_key_has_a_row_in_the_reference():
             section = text.split(f"### {group}={name}\n" if len(options) > 1 else f"## {group}\n", 1)[1]
             section = section.split("\n## ", 1)[0].split("\n### ", 1)[0]
             for f in dataclasses.fields(cls):
-                if not f.name.startswith("_") or f.name == "_target_":
-                    assert f"| `{f.name}` |" in section, f"{group}={name}: {f.name}"
+                nested = f.default_factory if dataclasses.is_dataclass(f.default_factory) else None
+                keys = [f"{f.name}.{g.name}" for g in dataclasses.fields(nested)] if nested else [f.name]
+                for key in keys if not f.name.startswith("_") or f.name == "_target_" else ():
+                    assert f"| `{key}` |" in section, f"{group}={name}: {key}"

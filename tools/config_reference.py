@@ -76,6 +76,10 @@ def table(cls, inherited: dict) -> list:
             continue
         if f.name in ("model", "data", "loss", "optimizer", "scheduler", "log", "trainer", "checkpoint", "collapse"):
             continue  # TrainConf's groups have sections of their own
+        nested = f.default_factory if dataclasses.is_dataclass(f.default_factory) else None
+        if nested is not None:  # a schema inside the schema (trainer.ema): one row per key, dotted
+            rows += [row.replace("| `", f"| `{f.name}.", 1) for row in table(nested, {})[2:]]
+            continue
         what = notes.get(f.name, "").replace("|", "\\|")
         rows.append(f"| `{f.name}` | `{default_of(f)}` | {allowed_of(f).replace('|', '/')} | {what} |")
     return rows

@@ -353,6 +353,7 @@ def comparison(runs: list):
                "best_epoch": best[0] if best else math.nan}
         if len(e):
             row.update({f"final_{c}": e[c].iloc[-1] for c in e.columns if c == "train_loss" or c.startswith("val_")})
+        row["stop_reason"] = r.status.get("stop_reason") or ""
         row["epoch_time_s"] = float(e["epoch_time"].sum()) if "epoch_time" in e else math.nan
         row["wall_s"] = wall_time(r.status)
         if collapse_column:

@@ -24,6 +24,8 @@ def job_row(job, overrides: str, run_dir, status=None, error="", log="", gpus=""
     if best.get("monitor"):
         row[f"best_{best['monitor']}"] = best.get("value")
         row["best_epoch"] = best.get("epoch")
+    if record.get("stop_reason"):  # COMPLETED early on purpose: early_stop, pruned, collapse
+        row["stop_reason"] = record["stop_reason"]
     if (Path(run_dir) / COLLAPSE_CSV).exists():  # SeqSetVAE's check ran: say whether it fired
         from trainforge.analysis.runs import collapse_suspected
 
@@ -52,7 +54,7 @@ def table(rows: list, shown: dict) -> str:
     import pandas as pd
 
     best = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("best_") and k != "best_epoch"]
-    flags = ["collapse"] if any("collapse" in r for r in rows) else []
+    flags = [k for k in ("stop_reason", "collapse") if any(k in r for r in rows)]
     frame = pd.DataFrame([{"job": r["job"], "overrides": shown.get(r["job"], r["overrides"]), "status": r["status"],
                            **{k: r.get(k) for k in best}, "epochs": r.get("epochs"), **{k: r.get(k) for k in flags},
                            "run_dir": relative(r["run_dir"])} for r in rows])

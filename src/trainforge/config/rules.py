@@ -222,6 +222,10 @@ def check_node(prefix: str, node, kind, cfg) -> None:
             raise ConfigError(f"{prefix}{f.name}={raw}: {str(exc).splitlines()[0]}") from None
         if value is None:  # null passed the type check: it is allowed
             continue
+        nested = _nested(f)
+        if nested is not None:  # a schema inside the schema (trainer.ema): its keys are checked too
+            check_node(f"{prefix}{f.name}.", value, nested, cfg)
+            continue
         for check in f.metadata.get("checks", ()):
             allowed = check(value)
             if allowed:
@@ -232,13 +236,24 @@ def check_node(prefix: str, node, kind, cfg) -> None:
             raise fail(key, OmegaConf.select(cfg, key), rule.message(node, cfg))
 
 
+def _nested(f):
+    """The dataclass of a field that holds a schema of its own (``trainer.ema``), else None."""
+    if f.default_factory is dataclasses.MISSING:
+        return None
+    kind = f.default_factory
+    return kind if isinstance(kind, type) and dataclasses.is_dataclass(kind) else None
+
+
 def known_keys(cfg, root, by_target: dict) -> list:
     """Every key the composed config's schemas declare, dotted (for suggestions)."""
     keys = [f.name for f in dataclasses.fields(root)]
     for name in cfg:
         kind = schema_of(cfg[name], by_target)
         if kind is not None:
-            keys += [f"{name}.{f.name}" for f in dataclasses.fields(kind)]
+            for f in dataclasses.fields(kind):
+                nested = _nested(f)
+                keys += [f"{name}.{f.name}.{g.name}" for g in dataclasses.fields(nested)] if nested else \
+                    [f"{name}.{f.name}"]
     return keys
 
 

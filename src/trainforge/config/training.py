@@ -109,6 +109,21 @@ class LogConf:
 
 
 @dataclass
+class EarlyStopConf:
+    patience: Optional[int] = opt(None, at_least(1))  # validations in a row without improvement that end the run; null: off
+    min_delta: float = opt(0.0, interval(0))  # an improvement of checkpoint.monitor must beat the best by more than this
+    check_finite: bool = True  # a monitor value that is NaN or infinite ends the run at once
+
+
+@dataclass
+class EmaConf:
+    decay: Optional[float] = opt(None, interval(0, 1, low_open=True, high_open=True))  # EMA of the weights; null: off
+    warmup: bool = True  # decay min(decay, (1 + t) / (10 + t)) at update t, so early updates follow the weights
+    every: int = opt(1, at_least(1))  # update the EMA every this many optimizer steps
+    validate_with: str = opt("ema", one_of("raw", "ema", "both"))  # both: the EMA's values in val_ema_* columns
+
+
+@dataclass
 class TrainerConf:
     epochs: int = opt(10, at_least(1))
     # auto | cpu | cuda | cuda:N | mps
@@ -127,6 +142,8 @@ class TrainerConf:
     compile: bool = False  # torch.compile the model (checkpoints keep the plain state_dict)
     compile_backend: str = "inductor"  # torch.compile's backend (aot_eager: no code generation, for debugging)
     dry_batch: bool = True  # check data, model, loss and metrics on one batch before the run opens (changes nothing)
+    early_stop: EarlyStopConf = field(default_factory=EarlyStopConf)  # on checkpoint.monitor and checkpoint.mode
+    ema: EmaConf = field(default_factory=EmaConf)  # an exponential moving average of the weights
 
 
 @dataclass

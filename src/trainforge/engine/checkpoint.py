@@ -116,6 +116,7 @@ class CheckpointManager:
         self.save_freq, self.keep_last_n, self.top_k = save_freq, keep_last_n, top_k
         self.monitor, self.mode = monitor, mode
         self.best = {"monitor": monitor, "mode": mode, "value": None, "epoch": None}
+        self.weights_kind = "raw"  # which weights the best holds: raw, or ema (the EMA's won: trainer.ema)
         self.entries: list[dict] = []  # epoch files: {"file", "epoch", "metric"}
         for tmp in [*self.run_dir.glob(".*.tmp"), *(self.run_dir / EPOCH_DIR).glob(".*.tmp")]:
             if writer_gone(tmp):
@@ -160,7 +161,7 @@ class CheckpointManager:
         state_dict for best_model_weights.pt."""
         improved = metric is not None and self.is_better(metric)
         if improved:
-            self.best.update(value=metric, epoch=epoch)
+            self.best.update(value=metric, epoch=epoch, weights=self.weights_kind)
         if self.save_freq and epoch % self.save_freq == 0:
             name = f"{EPOCH_DIR}/checkpoint_epoch_{epoch:03d}.pth"
             self.entries = [e for e in self.entries if e["epoch"] != epoch]

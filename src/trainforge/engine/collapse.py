@@ -61,7 +61,7 @@ class CollapseHook(HookBase):
                    f"{self.min_kl}); per-dimension values in {COLLAPSE_CSV}")
         log.warning("%s%s", message, "; stopping (collapse.action=stop)" if self.action == "stop" else "")
         if self.action == "stop":
-            t.request_stop(f"collapse.action=stop: {message}")
+            t.finish_early(f"collapse.action=stop: {message}", "collapse")
 
     def _write(self, epoch: int, step: int) -> None:
         per_dim = self.stats.per_dim

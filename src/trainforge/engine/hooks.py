@@ -32,17 +32,32 @@ class EvalHook(HookBase):
     is synced by its protocol, so the values equal a one-process run's (to float rounding).
     Unsharded, every rank evaluates the whole set and nothing is reduced."""
 
-    def __init__(self, loader, metrics, sharded: bool = False):
+    def __init__(self, loader, metrics, sharded: bool = False, ema=None, validate_with: str = "raw"):
         from trainforge.engine.components import MetricState
 
         self.loader, self.metrics, self.sharded = loader, metrics, sharded
+        self.ema, self.validate_with = ema, validate_with if ema is not None else "raw"
         metrics.sharded = sharded
         self.states = [MetricState(k, m) for k, m in metrics.state_dicts().items()]  # saved in checkpoints
 
-    @torch.no_grad()
     def after_epoch(self) -> None:
+        """``validate_with`` (with an EMA, ``trainer.ema``): ``raw`` the trained weights,
+        ``ema`` the EMA's (as ``val_*``), ``both`` (the EMA's as ``val_ema_*``)."""
         t = self.trainer
         model = dist.unwrap(t.model)  # the plain module: no DDP collectives in evaluation
+        if self.validate_with == "ema":
+            t.val_metrics = self.evaluate(self.ema.module)
+            return
+        t.val_metrics = self.evaluate(model)
+        model.train()
+        if self.validate_with == "both":
+            t.val_metrics.update({f"ema_{k}": v for k, v in self.evaluate(self.ema.module).items()})
+
+    @torch.no_grad()
+    def evaluate(self, model) -> dict:
+        """Loss, components and metrics of ``model`` over the validation set (this rank's
+        part, reduced over the ranks when sharded)."""
+        t = self.trainer
         model.eval()
         self.metrics.reset()
         sums = torch.zeros(1 + len(t.component_names), dtype=torch.float64, device=t.device)
@@ -59,8 +74,7 @@ class EvalHook(HookBase):
         if self.sharded:
             sums, count = dist.summed(sums), dist.summed(count)
         values = (sums / count).tolist()
-        t.val_metrics = {"loss": values[0], **dict(zip(t.component_names, values[1:])), **self.metrics.compute()}
-        model.train()
+        return {"loss": values[0], **dict(zip(t.component_names, values[1:])), **self.metrics.compute()}
 
 
 class LoggingHook(HookBase):
@@ -180,8 +194,9 @@ class CheckpointHook(HookBase):
     """
 
     def __init__(self, manager: CheckpointManager, config_yaml: str, save_optimizer=True, every_n_steps=0,
-                 overrides=(), sources=None):
+                 overrides=(), sources=None, best_weights=None):
         self.manager, self.config_yaml, self.overrides = manager, config_yaml, list(overrides)
+        self.best_weights = best_weights  # the weights a new best saves (default: the model's; an EMA's)
         self.sources = sources  # how the config was composed (config/sources.py)
         self.save_optimizer, self.every_n_steps = save_optimizer, every_n_steps
         self.saved_step = -1
@@ -260,7 +275,7 @@ class CheckpointHook(HookBase):
         self.trainer.flush()
         monitor = self.manager.monitor
         metric = flatten(t.history[-1]).get(monitor)
-        weights = lambda: {k: v.detach().cpu() for k, v in dist.unwrap(t.model).state_dict().items()}  # noqa: E731
+        weights = self.best_weights or (lambda: {k: v.detach().cpu() for k, v in dist.unwrap(t.model).state_dict().items()})
         if self.manager.save_epoch(t.epoch + 1, metric, self.objects(), self.extra(), weights):
             log.info("New best %s %.6f at epoch %d: saved best_model.pth", monitor, metric, t.epoch + 1)
         self.saved_step = t.step

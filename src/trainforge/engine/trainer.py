@@ -105,6 +105,7 @@ class BaseTrainer:
         self.history: list = []  # epoch records, written by LoggingHook
         self.val_metrics: dict = {}  # the last validation's results, written by EvalHook
         self.stop_reason: str | None = None
+        self.stop_kind: str | None = None  # a run ended early on purpose: early_stop, pruned, collapse
         self.preempted_by: str | None = None  # the signal that asked this run to stop
         self.stop_request: tuple | None = None  # (reason, signal) a rank received, until the ranks agree
         self.world = dist.world_size()  # fixed for the trainer's life (the process group exists first)
@@ -280,6 +281,11 @@ class BaseTrainer:
             return
         self.stop_reason = self.stop_reason or reason
         self.preempted_by = self.preempted_by or signal_name
+
+    def finish_early(self, reason: str, kind: str) -> None:
+        """End the run after this epoch, on purpose (it completes). For decisions made from
+        the epoch record, which every rank holds the same: each rank decides alone."""
+        self.stop_reason, self.stop_kind = self.stop_reason or reason, self.stop_kind or kind
 
     def _agree_on_stop(self) -> None:
         """At a window boundary: every rank stops if any rank was asked to (one host-side

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from trainforge.errors import CheckpointError, ConfigError
-from trainforge.files import BEST_WEIGHTS, CONFIG, LATEST, METRICS_JSON, read_status
+from trainforge.files import BEST, BEST_WEIGHTS, CONFIG, LATEST, METRICS_JSON, read_status
 
 _COMPOSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # cfg -> (overrides, sources) it came from
 
@@ -69,32 +69,43 @@ def fit(cfg, run_dir=None, overrides=None) -> Result:
     return Result(record.get("status", "UNKNOWN"), record.get("best") or {}, metrics, Path(run_dir))
 
 
-def load(source, ckpt: str = "best", device: str = "cpu"):
+def load(source, ckpt: str = "best", device: str = "cpu", weights: str | None = None):
     """``(model, cfg)``: the model of a run, built from the run's own saved config.yaml (not
     today's configs) with the weights of ``ckpt`` (``best``, ``latest``, or a checkpoint
-    file), in eval mode on ``device``. ``source`` is a run directory or a checkpoint file."""
+    file), in eval mode on ``device``. ``source`` is a run directory or a checkpoint file.
+    ``weights``: ``raw`` the trained weights, ``ema`` their moving average (a run with
+    ``trainer.ema``); unset, ``best`` gives the weights that won (the EMA's when it was
+    validated; ``status.json``'s ``best.weights`` says which) and the others the raw ones."""
     import torch
 
     from trainforge.engine.checkpoint import load_checkpoint, safe_load
     from trainforge.run.build import build_model
 
+    if weights not in (None, "raw", "ema"):
+        raise ConfigError(f"weights={weights}: allowed values are raw, ema")
     source = Path(source).expanduser()
     run_dir = source if source.is_dir() else source.parent.parent if source.parent.name == "checkpoints" \
         else source.parent
     if not (run_dir / CONFIG).is_file():
         raise ConfigError(f"{source}: no {CONFIG} there (give a run directory, or a checkpoint inside one)")
     cfg = OmegaConf.load(run_dir / CONFIG)
-    if source.is_file():
-        state = load_checkpoint(source)["model"]
-    elif ckpt == "best":  # never another file in its place: the weights that won, or an error
-        if not (run_dir / BEST_WEIGHTS).is_file():
-            raise CheckpointError(f"{run_dir / BEST_WEIGHTS}: no such file (the run saved no best epoch); "
-                                  "load it with ckpt='latest'")
-        state = safe_load(run_dir / BEST_WEIGHTS)
-    elif ckpt == "latest":
-        state = load_checkpoint(run_dir / LATEST)["model"]
+    if ckpt == "best" and not source.is_file():  # never another file in its place: the weights that won, or an error
+        path = run_dir / (BEST_WEIGHTS if weights is None else BEST)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such file (the run saved no best epoch); load it with ckpt='latest'")
+        state = safe_load(path) if weights is None else _weights(load_checkpoint(path), weights, path)
     else:
-        state = load_checkpoint(Path(ckpt))["model"]
+        path = source if source.is_file() else run_dir / LATEST if ckpt == "latest" else Path(ckpt)
+        state = _weights(load_checkpoint(path), weights or "raw", path)
     model = build_model(cfg.model, warm_start=False)
     model.load_state_dict(state)
     return model.to(torch.device(device)).eval(), cfg
+
+
+def _weights(checkpoint: dict, weights: str, path) -> dict:
+    if weights == "raw":
+        return checkpoint["model"]
+    if "ema" not in checkpoint:
+        raise CheckpointError(f"{path}: holds no EMA weights (its run had no trainer.ema.decay); "
+                              "load weights='raw'")
+    return checkpoint["ema"]["module"]

@@ -99,12 +99,13 @@ def set_determinism(enabled: bool, threads) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def available_metrics(loss_fn, metrics) -> list:
-    """Every epoch-record column a monitor may name."""
+def available_metrics(loss_fn, metrics, ema_columns: bool = False) -> list:
+    """Every epoch-record column a monitor may name (``val_ema_*`` too when the EMA is
+    validated beside the weights: ``trainer.ema.validate_with=both``)."""
     train = ["train_loss", "train_loss_min", "train_loss_max", "train_grad_norm"]
     train += [f"train_{c}" for c in loss_fn.component_names]
-    val = ["val_loss", *(f"val_{c}" for c in loss_fn.component_names), *(f"val_{m}" for m in metrics.names)]
-    return val + train
+    val = ["loss", *loss_fn.component_names, *metrics.names]
+    return [f"val_{v}" for v in val] + [f"val_ema_{v}" for v in val if ema_columns] + train
 
 
 def check_monitor(key: str, name: str, available: list) -> None:
@@ -197,7 +198,7 @@ def build(cfg, run_dir, overrides=(), resuming=False, record=None, sources=None)
 
         style = dry_batch(dist.unwrap(model), loss_fn, metrics, train_loader, data.collate_fn, device,
                           precision, _names(cfg))
-    hooks = build_hooks(cfg, record, (overrides, sources), device, val_loader, loss_fn, metrics, scheduler)
+    hooks = build_hooks(cfg, record, (overrides, sources), device, val_loader, loss_fn, metrics, scheduler, model)
     return BaseTrainer(model, optimizer, scheduler, loss_fn, train_loader, sampler, precision, device,
                        epochs=t.epochs, grad_accum=t.grad_accum, clip_grad=t.clip_grad,
                        on_nonfinite=t.on_nonfinite, max_nonfinite=t.max_nonfinite, hooks=hooks,
@@ -268,28 +269,48 @@ def build_optimizer(cfg, model):
         return make_optimizer(params, **fused)
 
 
-def build_hooks(cfg, record, composed, device, val_loader, loss_fn, metrics, scheduler) -> list:
-    """The hooks, in the order they run: progress bar, EvalHook, the VAE hooks (between it
-    and the logging hooks), logging, plateau, checkpoints, preemption, compile report."""
+def build_hooks(cfg, record, composed, device, val_loader, loss_fn, metrics, scheduler, model) -> list:
+    """The hooks, in the order they run: progress bar, EMA, EvalHook, the VAE hooks (between
+    it and the logging hooks), logging, plateau, callbacks, early stop, checkpoints,
+    preemption, compile report."""
     metrics, vae_hooks = vae_monitoring(cfg, record, loss_fn, metrics)
-    ck = cfg.checkpoint
-    available = available_metrics(loss_fn, metrics)
+    ck, ema = cfg.checkpoint, build_ema(cfg.trainer.ema, model)
+    available = available_metrics(loss_fn, metrics, ema_columns=ema is not None and ema.validate_with == "both")
     check_monitor("checkpoint.monitor", ck.monitor, available)
     display, logs = logging_hooks(cfg.log, record, device)
     sharded = len(shard(len(val_loader.dataset))) < len(val_loader.dataset)  # DDP: each rank its part
-    hooks = [*display, EvalHook(val_loader, metrics, sharded), *vae_hooks, *logs]
+    evaluator = EvalHook(val_loader, metrics, sharded, ema, cfg.trainer.ema.validate_with)
+    hooks = [*display, *([ema] if ema else []), evaluator, *vae_hooks, *logs]
     if hasattr(scheduler, "observe"):
         check_monitor("scheduler.monitor", scheduler.monitor, available)
         hooks.append(PlateauHook())
     hooks += build_callbacks(cfg)
+    if cfg.trainer.early_stop.patience:
+        from trainforge.engine.stopping import EarlyStopHook
+
+        stop = cfg.trainer.early_stop
+        hooks.append(EarlyStopHook(ck.monitor, ck.mode, stop.patience, stop.min_delta, stop.check_finite))
     manager = CheckpointManager(record, ck.save_freq, ck.keep_last_n, ck.top_k, ck.monitor, ck.mode)
     overrides, sources = composed
+    ema_won = ema is not None and (ema.validate_with == "ema" or ck.monitor.startswith("val_ema_"))
+    manager.weights_kind = "ema" if ema_won else "raw"
     checkpointer = CheckpointHook(manager, OmegaConf.to_yaml(cfg, resolve=True), ck.save_optimizer,
-                                  ck.every_n_steps, overrides, sources)
+                                  ck.every_n_steps, overrides, sources, ema.weights if ema_won else None)
     hooks += [checkpointer, PreemptionHook(checkpointer)]
     if cfg.trainer.compile:
         hooks.append(CompileReport())
     return hooks
+
+
+def build_ema(node, model):
+    """The EMA of the weights (``trainer.ema.decay`` set), or None."""
+    if node.decay is None:
+        return None
+    from trainforge.engine.ema import EMAHook
+
+    ema = EMAHook(model, node.decay, node.warmup, node.every)
+    ema.validate_with = node.validate_with
+    return ema
 
 
 def build_callbacks(cfg) -> list:

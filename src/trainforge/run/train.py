@@ -341,6 +341,8 @@ def _final(trainer) -> dict:
         return {}
     last = trainer.history[-1] if trainer.history else None
     out = {"epoch": trainer.epoch, "step": trainer.step, "final": last, "best": _checkpointer(trainer).manager.best}
+    if trainer.stop_kind:  # ended early on purpose (docs/run-directory.md)
+        out.update(stop_reason=trainer.stop_kind, stop_detail=trainer.stop_reason)
     peaks = [r["gpu_mem_peak_gib"] for r in trainer.history if "gpu_mem_peak_gib" in r]
     if peaks:  # on a GPU only: the run's peak, besides each epoch's in final / epoch_metrics.csv
         out["gpu_mem_peak_gib"] = max(peaks)
