@@ -334,3 +334,47 @@ def test_ctrl_c_under_torchrun_saves_the_run_records_75_and_torchrun_exits_1(env
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "COMPLETED" and status["world_size"] == 2 and status["epoch"] == 3
+
+
+@pytest.mark.slow  # CI time: three runs of two ranks, three of one
+def test_a_resume_on_another_number_of_ranks_keeps_the_global_batch_and_the_weights(env, tmp_path):
+    """2 ranks -> 1 and 1 -> 2 (gloo), digits without dropout (no per-rank randomness, no
+    batch statistics): the resumed run's weights are within 1e-5 of one process trained
+    straight through with the same global batch; a number of ranks that cannot share the
+    global batch is refused in one line."""
+    base = ["experiment=digits", "model.dropout=0", "scheduler=none", "log.progress=false"]  # LR apart from trainer.epochs
+
+    def train(run, *args, check=True):
+        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *base, *args, f"hydra.run.dir={run}"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0 or not check, proc.stderr[-3000:]
+        return proc
+
+    def weights(run):
+        return load_checkpoint(run / "latest_checkpoint.pth")["model"]
+
+    straight = tmp_path / "straight"
+    train(straight, "data.batch_size=32", "trainer.epochs=3")
+    for first, then, batch in (("2", "1", "16"), ("1", "2", "32")):
+        run = tmp_path / f"from_{first}"
+        train(run, f"trainer.devices={first}", f"data.batch_size={batch}", "trainer.epochs=1")
+        if first == "2":
+            refused = subprocess.run([sys.executable, str(ROOT / "train.py"), f"resume={run}", "trainer.devices=3"],
+                                     cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+            assert refused.returncode == 2 and refused.stderr.strip() == (
+                "trainforge: error: trainer.devices=3: the run's global batch is 32 (16 per rank x 2 ranks), which 3 "
+                "ranks cannot share evenly; resume on a number of ranks that divides 32 (or pass +resume_force=true "
+                "and a data.batch_size of your own)"), refused.stderr
+        resumed = subprocess.run([sys.executable, str(ROOT / "train.py"), f"resume={run}", f"trainer.devices={then}",
+                                  "trainer.epochs=3"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                 timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        per_rank = 32 // int(then)
+        assert f"ranks {first} -> {then}: data.batch_size {batch} -> {per_rank} per rank (global batch 32 kept)" in \
+            (run / "training.log").read_text()
+        assert json.loads((run / "status.json").read_text())["world_size"] == int(then)
+        derived = "The checkpoint holds the random state of 1 rank(s): ranks 1-1 take streams derived from it"
+        assert (derived in (run / "training.log").read_text()) == (then == "2")
+        got, want = weights(run), weights(straight)
+        worst = max((got[k] - want[k]).abs().max().item() for k in want)
+        assert worst < 1e-5, (first, then, worst)

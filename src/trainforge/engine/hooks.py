@@ -231,7 +231,7 @@ class CheckpointHook(HookBase):
         self.manager.load_state_dict(ckpt["retention"])
         self._rebase_monitor()
         self.saved_step = self.trainer.step
-        rng.load_state_dict(ckpt["rng"])
+        rng.load_state_dict(ckpt["rng"], resumed=True)
         return missing
 
     def _rebase_monitor(self) -> None:

@@ -42,11 +42,14 @@ class RNGState:
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        if "ranks" in state:  # a multi-rank checkpoint: this rank's own (forced resume at another size: wrap)
-            from trainforge.distributed import group as dist
+    def load_state_dict(self, state: dict, resumed: bool = False) -> None:
+        """This rank's own state. A checkpoint (``resumed``) from fewer ranks has none for the
+        new ones: they take a stream derived from (a saved rank's state, their rank), said in
+        the log. (A state saved in this run, as the dry batch's, is restored as it was.)"""
+        from trainforge.distributed import group as dist
 
-            state = state["ranks"][dist.rank() % len(state["ranks"])]
+        ranks, rank = state.get("ranks", [state]), dist.rank()
+        state = ranks[rank % len(ranks)]
         py = state["python"]
         random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
         npy = state["numpy"]
@@ -56,6 +59,26 @@ class RNGState:
         if "cuda" in state and torch.cuda.is_available():
             cuda = state["cuda"][: torch.cuda.device_count()]
             torch.cuda.set_rng_state_all(cuda)
+        if resumed and rank >= len(ranks):
+            _derive(state, rank)
+        if resumed and rank == 0 and dist.world_size() > len(ranks):  # rank 0 writes the log
+            import logging
+
+            logging.getLogger("trainforge").info(
+                "The checkpoint holds the random state of %d rank(s): ranks %d-%d take streams derived from it "
+                "(rank r from rank r mod %d's state and r)", len(ranks), len(ranks), dist.world_size() - 1, len(ranks))
+
+
+def _derive(state: dict, rank: int) -> None:
+    """Seed this rank's generators from a hash of the state it took and its rank: a stream
+    of its own, the same on every resume of the same checkpoint."""
+    import hashlib
+
+    digest = hashlib.sha256(state["torch"].numpy().tobytes() + rank.to_bytes(4, "little")).digest()
+    seed = int.from_bytes(digest[:8], "little") % 2 ** 63
+    seed_everything(seed)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)
 
 
 class _Fixed:

@@ -122,7 +122,26 @@ def _flat(cfg) -> dict:
     return out
 
 
-def check_drift(saved_yaml: str, cfg, force: bool, world=None) -> list:
+def rescale_batch(cfg, ckpt: dict, world: int) -> str | None:
+    """A resume on another number of ranks keeps the run's global batch: ``data.batch_size``
+    per rank becomes the global batch over the new ranks (the sampler then continues at the
+    exact global sample), or the resume is refused in one line when that does not divide.
+    Returns the change to report, or None (same ranks, or ``resume_force``: the user's own
+    batch size stands)."""
+    saved = int(ckpt.get("world_size", 1))
+    if saved == world or cfg.get("resume_force"):
+        return None
+    per_rank = int(OmegaConf.create(ckpt["config"]).data.batch_size)
+    total = per_rank * saved
+    if total % world:
+        raise ConfigError(f"trainer.devices={world}: the run's global batch is {total} ({per_rank} per rank x "
+                          f"{saved} ranks), which {world} ranks cannot share evenly; resume on a number of ranks that "
+                          f"divides {total} (or pass +resume_force=true and a data.batch_size of your own)")
+    cfg.data.batch_size = total // world
+    return f"ranks {saved} -> {world}: data.batch_size {per_rank} -> {total // world} per rank (global batch {total} kept)"
+
+
+def check_drift(saved_yaml: str, cfg, force: bool, world=None, rescaled: bool = False) -> list:
     """Refuse a resume whose config changes the experiment (model, data, batch size, loss,
     optimizer type, world size, accumulation) unless ``force``; return the other changes.
     ``world`` is (the checkpoint's world size, this run's): the number of ranks, however
@@ -130,12 +149,13 @@ def check_drift(saved_yaml: str, cfg, force: bool, world=None) -> list:
     configs' ``trainer.devices`` stands for it."""
     old = _flat(OmegaConf.to_container(OmegaConf.create(saved_yaml), resolve=False))
     new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    mine = ("data.batch_size", "trainer.devices") if rescaled else ()  # rescale_batch's, reported by it
     changes = [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-               if old.get(k) != new.get(k) and not k.startswith(OWN_KEYS)]
+               if old.get(k) != new.get(k) and not k.startswith(OWN_KEYS) and k not in mine]
     structural = [c for c in changes if c[0].startswith(STRUCTURAL) and not c[0].startswith(LOADING)]
     if world is None:  # the configs alone: trainer.devices stands for the number of ranks
         structural += [c for c in changes if c[0] == "trainer.devices"]
-    elif world[0] != world[1]:
+    elif world[0] != world[1] and not rescaled:
         structural.append(("world size (trainer.devices)", world[0], world[1]))
         changes.append(structural[-1])
     if structural and not force:

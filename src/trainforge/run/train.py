@@ -263,8 +263,10 @@ def _prepare(cfg, run_dir: Path, overrides):
                               f"past epoch {reached}; resume with trainer.epochs >= {reached}")
         world = dist.world_size() if dist.is_dist() else launch.process_count(cfg.trainer.devices,
                                                                                 cfg.trainer.device)
+        rescaled = resume.rescale_batch(cfg, ckpt, world)
         changes = resume.check_drift(ckpt["config"], cfg, force=bool(cfg.resume_force),
-                                     world=(ckpt.get("world_size", 1), world))
+                                     world=(ckpt.get("world_size", 1), world), rescaled=rescaled is not None)
+        changes += [rescaled] if rescaled else []
         overrides = resume.merged_overrides(ckpt.get("overrides", []), overrides)
     return cfg, ckpt_path, ckpt, overrides, changes
 
