@@ -101,6 +101,12 @@ HOW = {
     "docs/benchmarks/overhead_cpu.jsonl": "tests/test_perf.py::test_bench_overhead_prints_one_line_per_case_with_its_stable_keys",
     "python benchmarks/bench_sweep.py": HERE,
     "python benchmarks/bench_dry_batch.py --json docs/benchmarks/dry_batch_cpu.json": HERE,
+    "python benchmarks/bench_ema.py --rounds 9 --steps 20 --json docs/benchmarks/ema_cpu.json": HERE,
+    # docs/training-extras.md
+    "trainforge experiment=digits trainer.early_stop.patience=3": HERE,
+    "trainforge trainer.ema.decay=0.999": HERE,
+    "trainforge trainer.ema.decay=0.999 trainer.ema.validate_with=both": HERE,
+    "trainforge resume=RUN trainer.devices=2": HERE,
     "python benchmarks/count_host_instructions.py": "valgrind",
     "python benchmarks/count_host_instructions.py --case CASE --json docs/benchmarks/instructions_cpu.jsonl": "valgrind",
     "python benchmarks/bench_precision.py --json docs/benchmarks/precision_gpu.json": "gpu",
@@ -244,6 +250,8 @@ def concrete(command: str, request) -> tuple:
         argv += ["--epochs", "1"]
     elif "bench_dry_batch" in text:
         argv = [*argv[:2], "--rounds", "1", "--json", str(scratch / "dry.json")]
+    elif "bench_ema" in text:
+        argv = [*argv[:2], "--rounds", "1", "--steps", "2", "--json", str(scratch / "ema.json")]
     return argv, extra_env
 
 
