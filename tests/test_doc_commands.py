@@ -31,6 +31,7 @@ STARTS = ("python ", "python3 ", "torchrun ", "srun ", "bash ", "pytest ", "pip 
 
 QUICK = [*SMALL, "trainer.epochs=1"]  # glint, small
 HERE = "here"
+EV = "tests/test_evaluate.py"
 
 HOW = {
     # install and the suite itself
@@ -102,6 +103,12 @@ HOW = {
     "python benchmarks/bench_sweep.py": HERE,
     "python benchmarks/bench_dry_batch.py --json docs/benchmarks/dry_batch_cpu.json": HERE,
     "python benchmarks/bench_ema.py --rounds 9 --steps 20 --json docs/benchmarks/ema_cpu.json": HERE,
+    # docs/after-training.md
+    "trainforge eval RUN": f"{EV}::test_eval_of_best_latest_and_an_epoch_gives_the_values_training_recorded",
+    "trainforge eval RUN ckpt=latest": f"{EV}::test_eval_of_best_latest_and_an_epoch_gives_the_values_training_recorded",
+    "trainforge eval RUN ckpt=epoch:5 data.batch_size=64": HERE,
+    "trainforge eval RUN split=test": f"{EV}::test_plain_datasets_are_evaluated_on_their_test_set",
+    "trainforge eval MULTIRUN_DIR": f"{EV}::test_eval_of_a_sweep_adds_the_columns_to_its_summary",
     # docs/training-extras.md
     "trainforge experiment=digits trainer.early_stop.patience=3": HERE,
     "trainforge trainer.ema.decay=0.999": HERE,
@@ -259,7 +266,7 @@ def _training_in(argv) -> bool:
     """Whether ``argv`` trains: train.py, or the trainforge command but for its analyze."""
     command = [a for a in argv if not a.startswith("-") or a == "-m"]
     by_name = any(Path(a).name == "trainforge" for a in argv[:1]) or argv[1:3] == ["-m", "trainforge"]
-    return any(a.endswith("train.py") for a in argv) or (by_name and "analyze" not in command[1:4])
+    return any(a.endswith("train.py") for a in argv) or (by_name and not {"analyze", "eval"} & set(command[1:4]))
 
 
 @pytest.mark.slow
@@ -281,5 +288,7 @@ def test_a_documented_command_runs(command, request, scratch, env):
         assert re.search(r"\b[1-9]\d* tests? collected|^\S+::\S+", proc.stdout, re.M), proc.stdout[-500:]
     elif "trainforge.analyze" in argv or "analyze" in argv:
         assert "Wrote" in proc.stdout or "Plots" in proc.stdout
+    elif "eval" in argv[1:3]:
+        assert "Evaluated" in proc.stdout and "(ckpt=epoch:5: epoch 5, raw weights)" in proc.stdout, proc.stdout
     elif _training_in(argv) and " -m " not in command:
         assert "Done in" in proc.stderr + proc.stdout

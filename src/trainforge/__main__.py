@@ -3,6 +3,7 @@
     trainforge [overrides]            train: what ``python train.py [overrides]`` does (-m, --cfg, --help, resume=...)
     trainforge analyze DIR [options]  plots and a summary of a run or a sweep directory
     trainforge new NAME [--dir DIR]   a new project of your own (model, data, loss, metric, conf/, a test)
+    trainforge eval RUN [ckpt=..]     a run's checkpoint evaluated on a split of its data (RUN/eval/)
 """
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ def main(argv=None) -> None:
         from trainforge.analysis.analyze import main as analyze
 
         sys.exit(analyze(argv[1:]))
+    if argv[:1] == ["eval"]:
+        from trainforge.run.evaluate import main as evaluate
+
+        sys.exit(evaluate(argv[1:]))
     if argv[:1] == ["new"]:
         from trainforge.run.new import main as new
 

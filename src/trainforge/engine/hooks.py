@@ -53,28 +53,39 @@ class EvalHook(HookBase):
         if self.validate_with == "both":
             t.val_metrics.update({f"ema_{k}": v for k, v in self.evaluate(self.ema.module).items()})
 
-    @torch.no_grad()
     def evaluate(self, model) -> dict:
         """Loss, components and metrics of ``model`` over the validation set (this rank's
         part, reduced over the ranks when sharded)."""
         t = self.trainer
-        model.eval()
-        self.metrics.reset()
-        sums = torch.zeros(1 + len(t.component_names), dtype=torch.float64, device=t.device)
-        count = 0
-        for batch in self.loader:
-            inputs, target = to_device(batch, t.device)
-            with t.precision.autocast():
-                output = call(model, inputs, t.call_style)
-            loss, parts = t.loss_fn(output, target)
-            n = batch_len(target)
-            sums += torch.stack([loss, *(parts[k] for k in t.component_names)]).double() * n
-            count += n
-            self.metrics.update(output, target)
-        if self.sharded:
-            sums, count = dist.summed(sums), dist.summed(count)
-        values = (sums / count).tolist()
-        return {"loss": values[0], **dict(zip(t.component_names, values[1:])), **self.metrics.compute()}
+        return validate(model, self.loader, t.loss_fn, self.metrics, t.device, t.precision, t.call_style,
+                        self.sharded)
+
+
+@torch.no_grad()
+def validate(model, loader, loss_fn, metrics, device, precision, call_style: str = "whole",
+             sharded: bool = False) -> dict:
+    """``{"loss": .., <component>: .., <metric>: ..}`` of ``model`` in eval mode over
+    ``loader``: the loss as the sample-weighted mean, the metrics by their protocols; with
+    ``sharded`` the loader holds this rank's part and the sums are reduced over the ranks.
+    Training's validation (``EvalHook``) and ``trainforge eval`` are this one function."""
+    model.eval()
+    metrics.reset()
+    names = tuple(getattr(loss_fn, "component_names", ()))
+    sums = torch.zeros(1 + len(names), dtype=torch.float64, device=device)
+    count = 0
+    for batch in loader:
+        inputs, target = to_device(batch, device)
+        with precision.autocast():
+            output = call(model, inputs, call_style)
+        loss, parts = loss_fn(output, target)
+        n = batch_len(target)
+        sums += torch.stack([loss, *(parts[k] for k in names)]).double() * n
+        count += n
+        metrics.update(output, target)
+    if sharded:
+        sums, count = dist.summed(sums), dist.summed(count)
+    values = (sums / count).tolist()
+    return {"loss": values[0], **dict(zip(names, values[1:])), **metrics.compute()}
 
 
 class LoggingHook(HookBase):

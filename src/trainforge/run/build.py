@@ -181,9 +181,7 @@ def build(cfg, run_dir, overrides=(), resuming=False, record=None, sources=None)
         seed_everything(cfg.seed + dist.rank())
     num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     model = compile_model(model, t.compile, t.compile_backend)
-    loss_fn = as_loss(instantiate(cfg.loss, "loss", **({"_partial_": True} if is_function("loss", cfg.loss._target_)
-                                                        else {})))
-    loss_fn = loss_fn.to(device) if isinstance(loss_fn, torch.nn.Module) else loss_fn
+    loss_fn = build_loss(cfg, device)
     metrics = build_metrics(cfg, data, device)
     optimizer = build_optimizer(cfg, model)
     model = dist.wrap(model, device, t.sync_batchnorm)  # DDP at world size > 1
@@ -244,6 +242,13 @@ def shard(n: int):
     if world == 1 or n < world:
         return range(n)
     return range(n * rank // world, n * (rank + 1) // world)
+
+
+def build_loss(cfg, device):
+    """The loss of ``cfg.loss`` as the loop calls it (a function target is taken as partial)."""
+    partial = {"_partial_": True} if is_function("loss", cfg.loss._target_) else {}
+    loss_fn = as_loss(instantiate(cfg.loss, "loss", **partial))
+    return loss_fn.to(device) if isinstance(loss_fn, torch.nn.Module) else loss_fn
 
 
 def build_metrics(cfg, data, device):
