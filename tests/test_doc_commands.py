@@ -103,6 +103,7 @@ HOW = {
     "python benchmarks/bench_sweep.py": HERE,
     "python benchmarks/bench_dry_batch.py --json docs/benchmarks/dry_batch_cpu.json": HERE,
     "python benchmarks/bench_ema.py --rounds 9 --steps 20 --json docs/benchmarks/ema_cpu.json": HERE,
+    "python benchmarks/bench_sharded_val.py --rounds 7 --json docs/benchmarks/sharded_val_cpu.json": HERE,
     # docs/after-training.md
     "trainforge eval RUN": f"{EV}::test_eval_of_best_latest_and_an_epoch_gives_the_values_training_recorded",
     "trainforge eval RUN ckpt=latest": f"{EV}::test_eval_of_best_latest_and_an_epoch_gives_the_values_training_recorded",
@@ -257,6 +258,8 @@ def concrete(command: str, request) -> tuple:
         argv += ["--epochs", "1"]
     elif "bench_dry_batch" in text:
         argv = [*argv[:2], "--rounds", "1", "--json", str(scratch / "dry.json")]
+    elif "bench_sharded_val" in text:
+        argv = [*argv[:2], "--rounds", "1", "--json", str(scratch / "sharded.json"), *QUICK]
     elif "bench_ema" in text:
         argv = [*argv[:2], "--rounds", "1", "--steps", "2", "--json", str(scratch / "ema.json")]
     return argv, extra_env
