@@ -49,6 +49,10 @@ def test_a_run_made_before_the_move_resumes_bitwise_and_analyses(train, tmp_path
     assert len(resumed) == len(straight) and all(torch.equal(a, b) for a, b in zip(resumed, straight))
     rows = (run / "epoch_metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    # keys added since the run was made, at their defaults, are no change of it (trainer.ema, ...)
+    resumed_line = next(ln for ln in (run / "training.log").read_text().splitlines() if "Resumed from" in ln)
+    changed = [c.split()[0] for c in resumed_line.split("; changed: ")[1].split(", ")]
+    assert changed == ["data.cache_dir", "trainer.epochs"], resumed_line  # the test's data folder, and the resume's
 
     proc = subprocess.run([sys.executable, "-m", "trainforge.analyze", str(run)], capture_output=True, text=True,
                           timeout=120)
