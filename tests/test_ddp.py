@@ -69,12 +69,16 @@ def assert_matches(ref: Path, run: Path, tol: float = 1e-5) -> None:
 @pytest.mark.slow  # CI time: .ci/run runs it
 def test_two_ranks_equal_one_process_with_the_global_batch(train, train_here, env, tmp_path):
     one, spawned = tmp_path / "one", tmp_path / "spawned"
-    train_here(one, *DET, "trainer.epochs=1", "data.batch_size=16")  # the one-process reference, in this process
-    proc = train(*DET, "trainer.epochs=1", "data.batch_size=8", "trainer.devices=2", f"hydra.run.dir={spawned}")
+    tested = "trainer.test_after_fit=true"  # and the best checkpoint on the test split, each rank its part
+    train_here(one, *DET, "trainer.epochs=1", "data.batch_size=16", tested)  # the one-process reference, in this process
+    proc = train(*DET, "trainer.epochs=1", "data.batch_size=8", "trainer.devices=2", tested, f"hydra.run.dir={spawned}")
     assert "per-rank batch 8, global batch 16" in proc.stdout
     assert_matches(one, spawned)
     status = json.loads((spawned / "status.json").read_text())
     assert status["status"] == "COMPLETED" and status["world_size"] == 2
+    test_one, test_two = json.loads((one / "status.json").read_text())["test"], status["test"]
+    assert test_one["samples"] == test_two["samples"] == 256
+    assert all(abs(test_one["metrics"][k] - test_two["metrics"][k]) < 1e-5 for k in ("loss", "dice", "iou"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "spawned"]  # no directory per rank
 
     # the same under torchrun: every rank composes, all use rank 0's run directory; here with

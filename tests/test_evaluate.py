@@ -74,7 +74,7 @@ def test_a_missing_best_or_a_change_of_what_is_evaluated_is_one_line(run, env, t
              ((copy, "ckpt=latest", "model.base_channels=8"), "model.base_channels=8: an evaluation may change only"),
              ((copy, "ckpt=epoch:9"), "ckpt=epoch:9: no such epoch file"),
              ((copy, "ckpt=latest", "data.batch_size=abc"), "data.batch_size=abc: must be an integer >= 1"),
-             ((copy, "ckpt=latest", "split=test"), "split=test: the run's data has no test set"),
+             ((copy, "ckpt=latest", "split=train"), "split=train: allowed values are val, test"),
              ((copy, "ckpt=latest", "weights=ema"), "holds no EMA weights"),
              ((tmp_path / "nothing",), "nothing: no such directory")]
     for args, message in cases:
@@ -122,3 +122,57 @@ def test_plain_datasets_are_evaluated_on_their_test_set(tmp_path):
     assert record["samples"] == 23 and record["split"] == "test"
     assert {"loss", "auroc", "count", "median", "median_cat"} <= set(record["metrics"])
     assert record["metrics"]["count"] == 23  # a sum-state metric saw every test sample once
+
+
+def test_every_data_option_has_a_test_split_apart_from_train_and_val(data_dir):
+    """glint and the sequence sets generate theirs apart (another seed); digits carves one
+    out only when asked (data.test_fraction), keeping the file and split of runs made
+    before; no test sample is a train or val sample."""
+    import numpy as np
+
+    from trainforge.data.digits import stratified_split
+    from trainforge.run.build import instantiate
+
+    def raw(x) -> bytes:  # a sample's inputs (a tensor, or a tuple or dict of them) as bytes
+        if isinstance(x, dict):
+            return b"".join(raw(x[k]) for k in sorted(x))
+        if isinstance(x, (tuple, list)):
+            return b"".join(raw(v) for v in x)
+        return np.asarray(x).tobytes()
+
+    def keys(dataset) -> set:
+        return {hashlib.sha256(raw(dataset[i][0])).hexdigest() for i in range(len(dataset))}
+
+    for overrides in ([*SMALL], ["experiment=seqset", "data.num_patients=200", "data.test_patients=50"],
+                      ["experiment=digits", "data.test_fraction=0.1"]):
+        cfg = trainforge.compose([*overrides, f"data.cache_dir={data_dir}"])
+        data = instantiate(cfg.data, "data")
+        train, val, test = data.train_set(), data.val_set(), data.test_set()
+        assert len(test) > 0 and not keys(test) & (keys(train) | keys(val)), overrides
+    plain = instantiate(trainforge.compose(["experiment=digits", f"data.cache_dir={data_dir}"]).data, "data")
+    assert plain.test_set() is None and plain.path.name == "digits_val0.2_seed0.h5"  # the file old runs read
+    labels = np.repeat(np.arange(10), 50)
+    before = stratified_split(labels, 0.2, 0)  # no test part: the split it always was
+    train, val, test = stratified_split(labels, 0.2, 0, test_fraction=0.1)
+    assert len(test) == 50 and len(val) == 100 and not (set(train) | set(val)) & set(test)
+    assert sorted([*train, *val, *test]) == list(range(500)) and len(before[1]) == 100
+
+
+def test_test_after_fit_records_the_best_checkpoint_on_the_test_split(train, tmp_path):
+    run = tmp_path / "run"
+    proc = train(*SMALL, "trainer.epochs=2", "trainer.test_after_fit=true", f"hydra.run.dir={run}")
+    record = json.loads((run / "status.json").read_text())
+    test = record["test"]
+    assert test["checkpoint"] == "best" and test["epoch"] == record["best"]["epoch"] and test["samples"] == 256
+    assert set(test["metrics"]) == {"loss", "dice", "iou"}
+    again = trainforge.evaluate(run, split="test", write=False, out=lambda *a: None)
+    assert all(abs(again["metrics"][k] - v) <= 1e-6 for k, v in test["metrics"].items())
+    assert "Test (best checkpoint, epoch" in proc.stdout + proc.stderr
+    assert [r["split"] for r in rows(run / "eval" / "evaluations.csv")] == ["test"]
+    refused = train("experiment=digits", "trainer.test_after_fit=true", f"hydra.run.dir={tmp_path / 'no'}",
+                    check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(
+        "trainforge: error: trainer.test_after_fit=true: data=trainforge.data.DigitsData has no test split"), \
+        refused.stderr
+    assert not (tmp_path / "no" / "status.json").exists()
+

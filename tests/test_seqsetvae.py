@@ -301,7 +301,8 @@ class _Validations:
         self.history, self.val_metrics = [{"val": v} for v in vals[:-1]], vals[-1]
         self.epoch, self.step, self.stop_reason = len(lows) - 1, 10 * len(lows), None
 
-    def request_stop(self, reason):
+    def finish_early(self, reason, kind):
+        assert kind == "collapse"
         self.stop_reason = reason
 
 

@@ -35,6 +35,7 @@ def job_row(job, overrides: str, run_dir, status=None, error="", log="", gpus=""
     final = record.get("final") or {}
     row.update({f"train_{k}": v for k, v in final.get("train", {}).items()})
     row.update({f"val_{k}": v for k, v in final.get("val", {}).items()})
+    row.update({f"test_{k}": v for k, v in (record.get("test") or {}).get("metrics", {}).items()})
     return row
 
 

@@ -136,6 +136,8 @@ class DataConf:
     shuffle: bool = True
     val_fraction: float = opt(0.2, fraction(open_ends=True))
     on_device: bool = False  # keep the preloaded set on the training device (one index op per batch)
+    # the test split: an HDF5 file in this option's own format (trainforge eval split=test); null: the option's own
+    test_path: Optional[str] = opt(None, existing_file("an HDF5 file (.h5)"))
 
 
 @dataclass
@@ -149,6 +151,7 @@ class GlintConf(DataConf):
     threshold: float = opt(0.5, fraction())  # on predicted probabilities, for Dice/IoU
     image_key: str = "images"  # HDF5 dataset of images, (N, 1, S, S)
     mask_key: str = "masks"  # HDF5 dataset of masks, same shape
+    test_samples: int = opt(256, at_least(1))  # the embedded set's test split: generated apart (another seed)
 
 
 @dataclass
@@ -160,6 +163,7 @@ class DigitsConf(DataConf):
     _target_: str = "trainforge.data.DigitsData"
     batch_size: int = opt(64, at_least(1))
     split_seed: int = 0
+    test_fraction: float = opt(0.0, interval(0, 1, high_open=True))  # > 0: a stratified test split (another file)
 
 
 @dataclass
@@ -178,6 +182,7 @@ class SeqSetConf(DataConf):
     max_sets: Optional[int] = opt(None, at_least(1))  # layout=sets: keep each patient's most recent sets
     mean_set_size: float = opt(4.0, interval(1))  # generator: average events per set
     embed_dim: int = opt(32, at_least(1))  # generator: width of the fixed variable-embedding table
+    test_patients: int = opt(400, at_least(1))  # the embedded set's test split: generated apart (another seed)
     RULES: ClassVar[tuple] = (
         Rule("max_length", lambda n, cfg: n.max_length >= n.min_length, "must be >= data.min_length={node.min_length}"),
     )

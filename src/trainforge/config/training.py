@@ -142,6 +142,7 @@ class TrainerConf:
     compile: bool = False  # torch.compile the model (checkpoints keep the plain state_dict)
     compile_backend: str = "inductor"  # torch.compile's backend (aot_eager: no code generation, for debugging)
     dry_batch: bool = True  # check data, model, loss and metrics on one batch before the run opens (changes nothing)
+    test_after_fit: bool = False  # when training completes: the best checkpoint on the test split (status.json's test)
     early_stop: EarlyStopConf = field(default_factory=EarlyStopConf)  # on checkpoint.monitor and checkpoint.mode
     ema: EmaConf = field(default_factory=EmaConf)  # an exponential moving average of the weights
 

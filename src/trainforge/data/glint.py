@@ -47,19 +47,34 @@ class GlintData(DataSpec):
 
     def __init__(self, path, cache_dir, batch_size, num_workers=0, pin_memory=False, preload=True,
                  shuffle=True, num_samples=1280, image_size=64, val_fraction=0.2, threshold=0.5,
-                 image_key="images", mask_key="masks", shared_memory=False, on_device=False):
+                 image_key="images", mask_key="masks", shared_memory=False, on_device=False, test_samples=256,
+                 test_path=None):
         super().__init__(batch_size, num_workers, pin_memory, preload, shuffle, shared_memory, val_fraction, on_device)
         self.threshold, self.image_size, self.keys = threshold, image_size, (image_key, mask_key)
-
-        def make(target):
-            images, masks = make_glint(num_samples, image_size)
-            atomic_h5(target, lambda f: (f.create_dataset("images", data=images),
-                                         f.create_dataset("masks", data=masks)))
-
-        self.path = self.resolve(path, cache_dir, f"glint_{image_size}_{num_samples}.h5", make)
+        self.cache_dir, self.test_samples, self.test_path, self.embedded = cache_dir, test_samples, test_path, path is None
+        self.path = self.resolve(path, cache_dir, f"glint_{image_size}_{num_samples}.h5",
+                                 lambda target: self._make(target, num_samples, GENERATOR_SEED))
         shape = (1, image_size, image_size)
         self.num_samples = check_h5(self.path, self.keys, {k: shape for k in self.keys})
         self.split = self.split_at(self.num_samples)
+
+    def _make(self, target, n: int, seed: int) -> None:
+        images, masks = make_glint(n, self.image_size, seed)
+        atomic_h5(target, lambda f: (f.create_dataset("images", data=images), f.create_dataset("masks", data=masks)))
+
+    def file_set(self, path):
+        shape = (1, self.image_size, self.image_size)
+        n = check_h5(path, self.keys, {k: shape for k in self.keys})
+        return H5Dataset(path, self.keys, 0, n, self.preload)
+
+    def own_test_set(self):
+        """The embedded set's: ``test_samples`` generated with another seed (none shared with
+        train or val, which stay as they were); a file of your own has none (``test_path``)."""
+        if not self.embedded:
+            return None
+        name = f"glint_test_{self.image_size}_{self.test_samples}.h5"
+        return self.file_set(self.resolve(None, self.cache_dir, name,
+                                          lambda target: self._make(target, self.test_samples, GENERATOR_SEED + 1)))
 
     def train_set(self):
         return H5Dataset(self.path, self.keys, 0, self.split, self.preload, shared=self.shared)

@@ -15,6 +15,7 @@ class DataSpec:
 
     collate_fn = None
     bucket = False
+    test_path = None  # an HDF5 file in the option's own format holding the test split
 
     def __init__(self, batch_size, num_workers, pin_memory, preload, shuffle, shared_memory, val_fraction,
                  on_device=False):
@@ -41,6 +42,21 @@ class DataSpec:
                                 f"({exc.strerror or exc}: {exc.filename or path}); point data.cache_dir or "
                                 "TRAINFORGE_DATA_DIR at a writable directory") from None
         return path
+
+    def test_set(self):
+        """The test split: ``test_path`` (a file in this option's format) when set, else the
+        option's own (``own_test_set``: generated apart, or carved out when asked), else None.
+        Built only when evaluated: training never reads it."""
+        if self.test_path is not None:
+            return self.file_set(Path(self.test_path).expanduser())
+        return self.own_test_set()
+
+    def file_set(self, path: Path):
+        """The dataset of a whole file in this option's format (for ``test_path``)."""
+        raise DataError(f"data.test_path={path}: this data option reads no test file")
+
+    def own_test_set(self):
+        return None
 
     def split_at(self, n: int) -> int:
         """Index of the first validation sample: the last ``val_fraction`` of ``n`` go to val."""

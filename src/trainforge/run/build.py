@@ -176,6 +176,10 @@ def build(cfg, run_dir, overrides=(), resuming=False, record=None, sources=None)
     device = resolve_device(t.device)
     seed_everything(cfg.seed)
     data, sampler, train_loader, val_loader = build_data(cfg, device)
+    if t.test_after_fit:
+        if not has_test_split(cfg, data):  # said before training, not after it
+            raise ConfigError(f"trainer.test_after_fit=true: data={cfg.data.get('_target_')} has no test split; "
+                              "set data.test_path, data.test (plain datasets) or data.test_fraction (digits)")
     model = build_model(cfg.model, warm_start=not resuming).to(device)
     if dist.world_size() > 1:  # same initial weights on every rank, then each rank its own random stream
         seed_everything(cfg.seed + dist.rank())
@@ -242,6 +246,13 @@ def shard(n: int):
     if world == 1 or n < world:
         return range(n)
     return range(n * rank // world, n * (rank + 1) // world)
+
+
+def has_test_split(cfg, data) -> bool:
+    """Whether the data option of ``cfg`` (built: ``data``) has a test split."""
+    if "train" in cfg.data:  # plain datasets: data.test, built only when evaluated
+        return cfg.data.get("test") is not None
+    return data.test_set() is not None
 
 
 def build_loss(cfg, device):

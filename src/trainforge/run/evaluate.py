@@ -29,7 +29,7 @@ EVAL_DIR = "eval"
 EVALUATIONS = "evaluations.csv"
 OWN = ("ckpt", "split", "weights")
 # what an evaluation may change: where and how the data is read, where the model runs
-ALLOWED = ("data.path", "data.cache_dir", "data.batch_size", "data.num_workers", "data.pin_memory", "data.preload",
+ALLOWED = ("data.path", "data.test_path", "data.cache_dir", "data.batch_size", "data.num_workers", "data.pin_memory", "data.preload",
            "data.shared_memory", "trainer.device", "trainer.precision", "trainer.threads")
 
 
@@ -182,6 +182,31 @@ def split_set(data, split: str, cfg):
             raise ConfigError(f"split=test: the run's data has no test set ({where})")
         return test
     raise ConfigError(f"split={split}: allowed values are val, test")
+
+
+def test_best(cfg, run_dir: Path, log) -> dict:
+    """``trainer.test_after_fit``: the best checkpoint on the test split, once training
+    completed, by every rank (each its part, as validation); rank 0 records it in
+    ``RUN/eval/`` and the returned dict goes to ``status.json``'s ``test``."""
+    from trainforge.distributed import group as dist
+    from trainforge.engine.checkpoint import load_checkpoint
+
+    dist.barrier()  # rank 0 wrote best_model.pth
+    path = checkpoint_file(run_dir, "best")
+    checkpoint = load_checkpoint(path)
+    state, which = pick_weights(checkpoint, "best", None, path)
+    start = time.perf_counter()
+    parts = Evaluation(cfg, "test", state)
+    values = parts.evaluate()
+    epoch = (checkpoint.get("best") or {}).get("epoch")
+    result = {"checkpoint": "best", "epoch": epoch, "weights": which, "samples": parts.samples, "metrics": values}
+    if dist.is_main():
+        write_record(run_dir, {"run": str(run_dir), "split": "test", **result, "file": str(path),
+                               "seconds": round(time.perf_counter() - start, 3),
+                               "time": datetime.datetime.now().isoformat(timespec="seconds"), "overrides": []})
+    log.info("Test (best checkpoint, epoch %s, %s weights, %d samples): %s", epoch, which, parts.samples,
+             " - ".join(f"{k} {v:.6f}" for k, v in values.items()))
+    return result
 
 
 def write_record(run_dir: Path, record: dict) -> Path:

@@ -114,7 +114,7 @@ class _Run:
         self.log = setup_logging(run_dir, dist.is_main(), hold=not self.launched)
         self.started = time.time()
         self.opened = self.delegated = False  # delegated: rank processes own the run's outcome
-        self.trainer = self.sources = None
+        self.trainer = self.sources = self.cfg = self.test = None
 
     def main(self, cfg, overrides, sources):
         self.resume = cfg.resume
@@ -167,6 +167,7 @@ class _Run:
     def build(self, cfg, overrides, ckpt_path, ckpt, changes) -> None:
         from trainforge.run.build import build
 
+        self.cfg = cfg
         self.trainer = trainer = build(cfg, self.run_dir, overrides, resuming=ckpt is not None, record=self.record,
                                        sources=self.sources)
         if ckpt is not None:
@@ -190,6 +191,10 @@ class _Run:
         if trainer.preempted_by:
             raise Preempted(f"{trainer.stop_reason}: saved {_checkpointer(trainer).last_good}; continue with "
                             f"resume={self.run_dir}")
+        if self.cfg.trainer.get("test_after_fit"):
+            from trainforge.run.evaluate import test_best
+
+            self.test = test_best(self.cfg, self.run_dir, self.log)
 
     def preempted(self, e: Preempted) -> None:
         if self.delegated:
@@ -225,8 +230,9 @@ class _Run:
     def completed(self):
         trainer = self.trainer
         best = _checkpointer(trainer).manager.best
+        tested = {"test": self.test} if self.test else {}
         self.record.status("COMPLETED", started=self.started, finished=time.time(), world_size=dist.world_size(),
-                           config_sources=self.sources, **_final(trainer))
+                           config_sources=self.sources, **_final(trainer), **tested)
         self.log.info("Done in %.1fs. Best %s: %s (epoch %s)", time.time() - self.started, best["monitor"],
                       best["value"], best["epoch"])
         dist.cleanup()
