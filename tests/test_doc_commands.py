@@ -32,6 +32,7 @@ STARTS = ("python ", "python3 ", "torchrun ", "srun ", "bash ", "pytest ", "pip 
 QUICK = [*SMALL, "trainer.epochs=1"]  # glint, small
 HERE = "here"
 EV = "tests/test_evaluate.py"
+PR = "tests/test_predict.py"
 
 HOW = {
     # install and the suite itself
@@ -110,6 +111,9 @@ HOW = {
     "trainforge eval RUN ckpt=epoch:5 data.batch_size=64": HERE,
     "trainforge eval RUN split=test": f"{EV}::test_plain_datasets_are_evaluated_on_their_test_set",
     "trainforge eval MULTIRUN_DIR": f"{EV}::test_eval_of_a_sweep_adds_the_columns_to_its_summary",
+    "trainforge predict RUN": f"{PR}::test_class_predictions_of_the_best_checkpoint_give_its_recorded_accuracy",
+    "trainforge predict RUN split=test out=test.h5": HERE,
+    "trainforge predict RUN input=new_scans.h5": f"{PR}::test_dense_predictions_go_to_hdf5_for_a_split_or_a_file",
     # docs/training-extras.md
     "trainforge experiment=digits trainer.early_stop.patience=3": HERE,
     "trainforge trainer.ema.decay=0.999": HERE,
@@ -269,7 +273,7 @@ def _training_in(argv) -> bool:
     """Whether ``argv`` trains: train.py, or the trainforge command but for its analyze."""
     command = [a for a in argv if not a.startswith("-") or a == "-m"]
     by_name = any(Path(a).name == "trainforge" for a in argv[:1]) or argv[1:3] == ["-m", "trainforge"]
-    return any(a.endswith("train.py") for a in argv) or (by_name and not {"analyze", "eval"} & set(command[1:4]))
+    return any(a.endswith("train.py") for a in argv) or (by_name and not {"analyze", "eval", "predict"} & set(command[1:4]))
 
 
 @pytest.mark.slow
@@ -291,6 +295,8 @@ def test_a_documented_command_runs(command, request, scratch, env):
         assert re.search(r"\b[1-9]\d* tests? collected|^\S+::\S+", proc.stdout, re.M), proc.stdout[-500:]
     elif "trainforge.analyze" in argv or "analyze" in argv:
         assert "Wrote" in proc.stdout or "Plots" in proc.stdout
+    elif "predict" in argv[1:3]:
+        assert "Predicted 256 samples of test" in proc.stdout and (scratch / "test.h5").is_file(), proc.stdout
     elif "eval" in argv[1:3]:
         assert "Evaluated" in proc.stdout and "(ckpt=epoch:5: epoch 5, raw weights)" in proc.stdout, proc.stdout
     elif _training_in(argv) and " -m " not in command:

@@ -49,6 +49,7 @@ def run(tmp_path_factory, data_dir):
     return path
 
 
+@pytest.mark.slow  # CI time: a 3-epoch run and three evaluations
 def test_eval_of_best_latest_and_an_epoch_gives_the_values_training_recorded(run, env, tmp_path):
     before = files(run)
     recorded = {int(r["epoch"]): r for r in rows(run / "epoch_metrics.csv")}
@@ -66,6 +67,7 @@ def test_eval_of_best_latest_and_an_epoch_gives_the_values_training_recorded(run
     assert files(run) == before  # only RUN/eval/ was written
 
 
+@pytest.mark.slow  # CI time: seven starts of the command
 def test_a_missing_best_or_a_change_of_what_is_evaluated_is_one_line(run, env, tmp_path):
     copy = shutil.copytree(run, tmp_path / "copy", ignore=shutil.ignore_patterns("eval"))
     (copy / "best_model.pth").unlink()
@@ -74,7 +76,7 @@ def test_a_missing_best_or_a_change_of_what_is_evaluated_is_one_line(run, env, t
              ((copy, "ckpt=latest", "model.base_channels=8"), "model.base_channels=8: an evaluation may change only"),
              ((copy, "ckpt=epoch:9"), "ckpt=epoch:9: no such epoch file"),
              ((copy, "ckpt=latest", "data.batch_size=abc"), "data.batch_size=abc: must be an integer >= 1"),
-             ((copy, "ckpt=latest", "split=train"), "split=train: allowed values are val, test"),
+             ((copy, "ckpt=latest", "split=all"), "split=all: allowed values are val, test, train"),
              ((copy, "ckpt=latest", "weights=ema"), "holds no EMA weights"),
              ((tmp_path / "nothing",), "nothing: no such directory")]
     for args, message in cases:
@@ -106,6 +108,7 @@ def test_eval_of_a_sweep_adds_the_columns_to_its_summary(train, env, tmp_path):
         assert float(summary[job]["eval_val_dice"]) == pytest.approx(record["metrics"]["dice"], abs=1e-6)
 
 
+@pytest.mark.slow  # CI time: a run of the own project and an evaluation
 def test_plain_datasets_are_evaluated_on_their_test_set(tmp_path):
     """The own project's inline experiment with a data.test dataset: built only when
     evaluated (training never reads it), evaluated with the run's own metrics."""
@@ -158,6 +161,7 @@ def test_every_data_option_has_a_test_split_apart_from_train_and_val(data_dir):
     assert sorted([*train, *val, *test]) == list(range(500)) and len(before[1]) == 100
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it
 def test_test_after_fit_records_the_best_checkpoint_on_the_test_split(train, tmp_path):
     run = tmp_path / "run"
     proc = train(*SMALL, "trainer.epochs=2", "trainer.test_after_fit=true", f"hydra.run.dir={run}")

@@ -225,7 +225,7 @@ def test_config_drift_is_refused_unless_forced(train, train_here, tmp_path):
                "checkpoint.top_k=2", "+resume_force=true")
     losses = {r["epoch"]: r["val"]["loss"] for r in json.loads((run / "metrics.json").read_text())}
     best = json.loads((run / "status.json").read_text())["best"]
-    assert best == {"monitor": "val_loss", "mode": "min", "value": losses[3], "epoch": 3}
+    assert best == {"monitor": "val_loss", "mode": "min", "value": losses[3], "epoch": 3, "weights": "raw"}
     index = json.loads((run / "checkpoints" / "index.json").read_text())
     assert index["monitor"] == "val_loss" and all(e["metric"] == losses[e["epoch"]] for e in index["checkpoints"]
                                                   if e["file"].startswith("checkpoints/"))

@@ -114,6 +114,7 @@ def test_pool_refuses_what_it_cannot_give():
 
 
 # ---- AC1, AC2: a fake pool ------------------------------------------------------------------
+@pytest.mark.slow  # CI time: the pool's spreading is tested above, its queue by the signal tests
 def test_fake_pool_one_id_per_job_two_at_once_and_a_true_queue(env, tmp_path):
     """Job 1 is long: jobs 2 and 3 start as soon as a slot frees, while job 1 still runs."""
     proc = sweep(env, tmp_path, *ONE, "data.num_samples=160,1600,160,160", cvd="0,1")

@@ -63,7 +63,7 @@ from trainforge import cli as _cli  # noqa: E402,F401  (registers the resolvers)
 from trainforge import config as _config  # noqa: E402,F401  (registers the schemas)
 
 API = ("compose", "fit", "load", "Result")  # trainforge.compose, ... (trainforge.run.api; imported on first use)
-# and trainforge.evaluate (trainforge.run.evaluate)
+# and trainforge.evaluate, trainforge.predict (trainforge.run.evaluate, .predict)
 # the bases and protocols of your own parts (docs/own-project.md), imported on first use
 PARTS = {"Callback": "trainforge.engine.components", "Metric": "trainforge.engine.components",
          "DataSpec": "trainforge.data", "Datasets": "trainforge.data"}
@@ -74,10 +74,8 @@ def __getattr__(name):
         from trainforge.run import api
 
         return getattr(api, name)
-    if name == "evaluate":
-        from trainforge.run.evaluate import evaluate
-
-        return evaluate
+    if name in ("evaluate", "predict"):  # after training (docs/after-training.md)
+        return getattr(importlib.import_module(f"trainforge.run.{name}"), name)
     if name in PARTS:
         return getattr(importlib.import_module(PARTS[name]), name)
     raise AttributeError(f"module 'trainforge' has no attribute {name!r}")

@@ -4,6 +4,7 @@
     trainforge analyze DIR [options]  plots and a summary of a run or a sweep directory
     trainforge new NAME [--dir DIR]   a new project of your own (model, data, loss, metric, conf/, a test)
     trainforge eval RUN [ckpt=..]     a run's checkpoint evaluated on a split of its data (RUN/eval/)
+    trainforge predict RUN [split=..] the model's output on a split or a file, per sample (RUN/predictions/)
 """
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ def main(argv=None) -> None:
         from trainforge.analysis.analyze import main as analyze
 
         sys.exit(analyze(argv[1:]))
-    if argv[:1] == ["eval"]:
-        from trainforge.run.evaluate import main as evaluate
+    if argv[:1] in (["eval"], ["predict"]):
+        import importlib
 
-        sys.exit(evaluate(argv[1:]))
+        module = "trainforge.run.evaluate" if argv[0] == "eval" else "trainforge.run.predict"
+        sys.exit(importlib.import_module(module).main(argv[1:]))
     if argv[:1] == ["new"]:
         from trainforge.run.new import main as new
 

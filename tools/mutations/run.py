@@ -120,6 +120,8 @@ CATCHERS = {
         f"{E}::test_the_best_ema_weights_are_not_overwritten_by_the_first_validation_after_a_resume"],
     **dict.fromkeys(["eval_best_falls_back", "eval_model_changes_allowed"],
                     ["tests/test_evaluate.py::test_a_missing_best_or_a_change_of_what_is_evaluated_is_one_line"]),
+    "predict_index_restarts": ["tests/test_predict.py::test_dense_predictions_go_to_hdf5_for_a_split_or_a_file"],
+    "digits_test_is_val": ["tests/test_evaluate.py::test_every_data_option_has_a_test_split_apart_from_train_and_val"],
     "ranks_not_rescaled": ["tests/test_ddp.py::"
                            "test_a_resume_on_another_number_of_ranks_keeps_the_global_batch_and_the_weights"],
 }

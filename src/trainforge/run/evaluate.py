@@ -129,7 +129,7 @@ class Evaluation:
     the loss and the metrics (the data option's, the ``metrics`` node's, the collapse
     monitor's latent statistics). ``evaluate()`` is the validation of training."""
 
-    def __init__(self, cfg, split: str, state: dict):
+    def __init__(self, cfg, split: str, state: dict, input=None):
         import torch
         from torch.utils.data import DataLoader
 
@@ -141,7 +141,7 @@ class Evaluation:
         b.set_determinism(t.deterministic, t.threads)
         self.device = device = b.resolve_device(t.device)
         data = b.instantiate(cfg.data, "data")
-        dataset = split_set(data, split, cfg)
+        dataset = data.file_set(Path(input).expanduser()) if input is not None else split_set(data, split, cfg)
         self.samples = len(dataset)
         self.loader = DataLoader(dataset, sampler=b.shard(len(dataset)), batch_size=data.batch_size,
                                  num_workers=data.num_workers, pin_memory=data.pin_memory, collate_fn=data.collate_fn)
@@ -172,8 +172,8 @@ class Evaluation:
 
 def split_set(data, split: str, cfg):
     """The data option's ``split`` dataset; a split it has not is one line."""
-    if split == "val":
-        return data.val_set()
+    if split in ("val", "train"):
+        return data.val_set() if split == "val" else data.train_set()
     if split == "test":
         test = data.test_set() if hasattr(data, "test_set") else None
         if test is None:
@@ -181,7 +181,7 @@ def split_set(data, split: str, cfg):
                 f"data={cfg.data.get('_target_')} has no test split"
             raise ConfigError(f"split=test: the run's data has no test set ({where})")
         return test
-    raise ConfigError(f"split={split}: allowed values are val, test")
+    raise ConfigError(f"split={split}: allowed values are val, test, train")
 
 
 def test_best(cfg, run_dir: Path, log) -> dict:

@@ -1,0 +1,153 @@
+"""After training: a run's model on new inputs, every sample's output written in input order.
+
+    trainforge predict RUN [ckpt=best] [split=val|test|train | input=FILE] [out=PATH] [weights=raw|ema] [KEY=VALUE ...]
+    trainforge.predict(RUN, split="val")   # the same from Python: returns the output file
+
+The model and the data option come from the run's own ``config.yaml`` (as ``trainforge
+eval``, whose checkpoint names, weights and allowed overrides it shares). ``input=FILE`` is
+a file in the data option's own format (HDF5 for glint, digits and the sequence sets).
+Per-sample outputs (a class or a score per sample) go to a CSV: ``index`` (the sample's
+position in the input), the raw output, and for classification the probabilities and the
+predicted label. Dense outputs (segmentation maps) go to an HDF5 file with the same fields
+as arrays. Rows are written batch by batch, so memory stays bounded.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import sys
+from pathlib import Path
+
+import torch
+
+from trainforge.errors import ConfigError, TrainforgeError
+
+PRED_DIR = "predictions"
+
+
+def probabilities(logits: torch.Tensor) -> tuple:
+    """(probabilities, labels): sigmoid and > 0.5 for one channel, softmax and argmax over
+    dimension 1 for several."""
+    if logits.ndim == 1 or logits.shape[1] == 1:
+        prob = torch.sigmoid(logits)
+        return prob, (prob > 0.5).long()
+    prob = torch.softmax(logits, dim=1)
+    return prob, prob.argmax(dim=1)
+
+
+class CsvWriter:
+    """``index, output[_c]..., probability[_c]..., label`` per sample."""
+
+    def __init__(self, path: Path, width: int):
+        self.file = open(path, "w", newline="")
+        self.writer = csv.writer(self.file)
+        cols = ["output"] if width == 1 else [f"output_{c}" for c in range(width)]
+        self.writer.writerow(["index", *cols, *[c.replace("output", "probability") for c in cols], "label"])
+
+    def add(self, index: torch.Tensor, logits: torch.Tensor) -> None:
+        prob, label = probabilities(logits)
+        flat = lambda t: t.reshape(len(t), -1).tolist()  # noqa: E731
+        for i, out, p, lab in zip(index.tolist(), flat(logits), flat(prob), label.reshape(len(label), -1).tolist()):
+            self.writer.writerow([i, *out, *p, lab[0]])
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class H5Writer:
+    """Arrays ``index`` (N,), ``output``, ``probability``, ``label`` (N, ...), grown per batch."""
+
+    def __init__(self, path: Path, sample_shape: tuple):
+        import h5py
+
+        self.file = h5py.File(path, "w")
+        self.sets = {"index": self.file.create_dataset("index", (0,), "int64", maxshape=(None,))}
+        for name, dtype in (("output", "float32"), ("probability", "float32"), ("label", "int64")):
+            shape = sample_shape if name != "label" or sample_shape[0] == 1 else sample_shape[1:]
+            self.sets[name] = self.file.create_dataset(name, (0, *shape), dtype, maxshape=(None, *shape),
+                                                       chunks=(1, *shape))
+
+    def add(self, index: torch.Tensor, logits: torch.Tensor) -> None:
+        prob, label = probabilities(logits)
+        for name, values in (("index", index), ("output", logits), ("probability", prob), ("label", label)):
+            data = self.sets[name]
+            start = data.shape[0]
+            data.resize(start + len(values), axis=0)
+            data[start:] = values.numpy()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def predict(source, ckpt: str = "best", split=None, input=None, out=None, weights=None, overrides=(),
+            echo=print) -> Path:
+    """Write the model's output on ``split`` (default val) or ``input`` (a file in the data
+    option's format) to ``out`` (default ``RUN/predictions/<time>_<what>.csv|.h5``)."""
+    from trainforge.engine.checkpoint import load_checkpoint
+    from trainforge.engine.trainer import call, to_device
+    from trainforge.run.evaluate import Evaluation, checkpoint_file, pick_weights, run_config
+
+    if split is not None and input is not None:
+        raise ConfigError("predict: give split=NAME or input=FILE, not both")
+    run_dir = Path(source).expanduser()
+    cfg = run_config(run_dir, overrides)
+    path = checkpoint_file(run_dir, ckpt)
+    state, which = pick_weights(load_checkpoint(path), ckpt, weights, path)
+    parts = Evaluation(cfg, split or "val", state, input=input)
+    what = split or "val" if input is None else Path(input).stem
+    writer, done = None, 0
+    with torch.no_grad():
+        for batch in parts.loader:
+            inputs = to_device(batch, parts.device)[0]
+            with parts.precision.autocast():
+                output = call(parts.model, inputs, parts.call_style)
+            logits = output.get("logits") if isinstance(output, dict) else output
+            if not isinstance(logits, torch.Tensor):
+                raise ConfigError(f"predict: the model gives {type(output).__name__}; a tensor (or a dict with "
+                                  "'logits') is needed")
+            logits = logits.detach().float().cpu()
+            if writer is None:
+                writer, out = open_writer(out, run_dir, what, logits)
+            writer.add(torch.arange(done, done + len(logits)), logits)
+            done += len(logits)
+    writer.close()
+    echo(f"Predicted {done} samples of {what} with {run_dir} (ckpt={ckpt}, {which} weights): wrote {out}")
+    return out
+
+
+def open_writer(out, run_dir: Path, what: str, logits: torch.Tensor) -> tuple:
+    dense = logits.ndim > 2
+    if out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S_%f")
+        out = run_dir / PRED_DIR / f"{stamp}_{what}.{'h5' if dense else 'csv'}"
+    out = Path(out).expanduser()
+    wanted = (".h5", ".hdf5") if dense else (".csv",)
+    if out.suffix not in wanted:
+        kind = f"dense ({tuple(logits.shape[1:])} a sample)" if dense else "one row a sample"
+        raise ConfigError(f"out={out}: the outputs are {kind}: give a {' or '.join(wanted)} file")
+    if out.exists():
+        raise ConfigError(f"out={out}: exists already (nothing is overwritten)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    width = 1 if logits.ndim == 1 else logits.shape[1]
+    return (H5Writer(out, tuple(logits.shape[1:])) if dense else CsvWriter(out, width)), out
+
+
+def main(argv) -> int:
+    """``trainforge predict RUN [ckpt=..] [split=..|input=..] [out=..] [weights=..] [KEY=VALUE ...]``."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.split("\n\n")[1])
+        return 0 if argv else 2
+    own = {k: None for k in ("ckpt", "split", "input", "out", "weights")}
+    overrides = []
+    for item in argv[1:]:
+        key, _, value = item.partition("=")
+        if key in own:
+            own[key] = value
+        else:
+            overrides.append(item)
+    try:
+        predict(argv[0], own["ckpt"] or "best", own["split"], own["input"], own["out"], own["weights"], overrides)
+    except TrainforgeError as e:
+        print(f"trainforge: error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", 2)
+    return 0
