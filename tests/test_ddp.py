@@ -69,9 +69,10 @@ def assert_matches(ref: Path, run: Path, tol: float = 1e-5) -> None:
 @pytest.mark.slow  # CI time: .ci/run runs it
 def test_two_ranks_equal_one_process_with_the_global_batch(train, train_here, env, tmp_path):
     one, spawned = tmp_path / "one", tmp_path / "spawned"
-    tested = "trainer.test_after_fit=true"  # and the best checkpoint on the test split, each rank its part
-    train_here(one, *DET, "trainer.epochs=1", "data.batch_size=16", tested)  # the one-process reference, in this process
-    proc = train(*DET, "trainer.epochs=1", "data.batch_size=8", "trainer.devices=2", tested, f"hydra.run.dir={spawned}")
+    # and the best checkpoint on the test split (each rank its part), an EMA of the weights validated beside them
+    tested = ["trainer.test_after_fit=true", "trainer.ema.decay=0.9", "trainer.ema.validate_with=both"]
+    train_here(one, *DET, "trainer.epochs=1", "data.batch_size=16", *tested)  # the one-process reference, in this process
+    proc = train(*DET, "trainer.epochs=1", "data.batch_size=8", "trainer.devices=2", *tested, f"hydra.run.dir={spawned}")
     assert "per-rank batch 8, global batch 16" in proc.stdout
     assert_matches(one, spawned)
     status = json.loads((spawned / "status.json").read_text())
@@ -79,6 +80,10 @@ def test_two_ranks_equal_one_process_with_the_global_batch(train, train_here, en
     test_one, test_two = json.loads((one / "status.json").read_text())["test"], status["test"]
     assert test_one["samples"] == test_two["samples"] == 256
     assert all(abs(test_one["metrics"][k] - test_two["metrics"][k]) < 1e-5 for k in ("loss", "dice", "iou"))
+    ema_one, ema_two = (load_checkpoint(r / "latest_checkpoint.pth")["ema"]["module"] for r in (one, spawned))
+    assert max((ema_one[k].double() - ema_two[k].double()).abs().max().item() for k in ema_one) < 1e-5
+    assert np.allclose(column(one / "epoch_metrics.csv", "val_ema_dice"),
+                       column(spawned / "epoch_metrics.csv", "val_ema_dice"), rtol=0, atol=1e-5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "spawned"]  # no directory per rank
 
     # the same under torchrun: every rank composes, all use rank 0's run directory; here with
@@ -159,10 +164,11 @@ def test_two_ranks_resume_exactly_also_after_sigterm_to_the_parent(train, env, t
     train(f"resume={early}")
     assert max_weight_diff(straight, early) == 0.0
 
-    # another world size is refused with a one-line diff, and continues from the global position when forced
-    refused = train(f"resume={stopped}", "trainer.devices=1", "trainer.epochs=3", check=False)
+    # a number of ranks that cannot share the global batch (16) is refused in one line (one that can is
+    # test_a_resume_on_another_number_of_ranks...); forced, another batch continues from the global position
+    refused = train(f"resume={stopped}", "trainer.devices=3", "trainer.epochs=3", check=False)
     err = refused.stderr.strip().splitlines()
-    assert refused.returncode == 2 and len(err) == 1 and "world size (trainer.devices) 2 -> 1" in err[0]
+    assert refused.returncode == 2 and len(err) == 1 and "global batch is 16 (8 per rank x 2 ranks)" in err[0], err
     train(f"resume={stopped}/checkpoints/checkpoint_epoch_001.pth", "trainer.devices=1", "+resume_force=true",
           "data.batch_size=16", "trainer.epochs=3")
     assert [int(r["epoch"]) for r in csv.DictReader(open(stopped / "epoch_metrics.csv"))] == [1, 2, 3]

@@ -69,3 +69,15 @@ def test_dense_predictions_go_to_hdf5_for_a_split_or_a_file(train, data_dir, tmp
         trainforge.predict(run, split="val", out=tmp_path / "x.csv")
     with pytest.raises(ConfigError, match="give split=NAME or input=FILE, not both"):
         trainforge.predict(run, split="val", input=test.path)
+
+
+def test_a_run_made_by_older_code_predicts(data_dir, tmp_path):
+    import shutil
+
+    from conftest import ROOT
+
+    run = shutil.copytree(ROOT / "tests" / "fixtures" / "run_before_layout", tmp_path / "old")
+    out = trainforge.predict(run, overrides=[f"data.cache_dir={data_dir}"], echo=lambda *a: None)
+    with h5py.File(out, "r") as f:
+        assert f["index"][:].tolist() == list(range(32)) and f["output"].shape == (32, 1, 32, 32)
+

@@ -79,6 +79,24 @@ def test_resume_falls_back_to_best_model_when_the_others_are_invalid(train_here,
     assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1, 2]
 
 
+def test_a_resume_that_changes_the_lr_trains_on_with_the_new_one(train_here, tmp_path):
+    """optimizer.lr is an allowed change on resume: the next updates use it (the
+    checkpoint's optimizer and schedule had stored the old one), in every group's proportion,
+    along the schedule's curve."""
+    run = tmp_path / "run"
+    train_here(run, *SMALL, "scheduler=none", "log.batch_metrics=true", "trainer.epochs=1")
+    train_here(run, f"resume={run}", "trainer.epochs=2", "optimizer.lr=0.01")
+    per_step = [float(r["lr"]) for r in rows(run / "batch_metrics.csv")]
+    assert per_step == [3e-3] * 8 + [0.01] * 8
+    assert "optimizer.lr 0.003 -> 0.01" in (run / "training.log").read_text()
+    cosine = tmp_path / "cosine"
+    train_here(cosine, *SMALL, "scheduler=cosine", "log.batch_metrics=true", "trainer.epochs=2")
+    train_here(cosine, f"resume={cosine}/checkpoints/checkpoint_epoch_001.pth", "optimizer.lr=0.006")
+    steps = [float(r["lr"]) for r in rows(cosine / "batch_metrics.csv")]
+    expected = [0.006 * (1 + math.cos(math.pi * s / 15)) / 2 for s in range(8, 16)]  # the same curve, doubled
+    assert all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(steps[8:], expected)), (steps, expected)
+
+
 def test_cosine_stretches_when_epochs_change_on_resume_and_warmup_rounds(train_here, tmp_path):
     """warmup_epochs=0.325 of 8 steps: round(2.6) = 3 warm-up steps (floor would give 2)."""
     run, spe, low, base = tmp_path / "run", 8, 1e-4, 3e-3

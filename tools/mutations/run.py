@@ -120,6 +120,7 @@ CATCHERS = {
         f"{E}::test_the_best_ema_weights_are_not_overwritten_by_the_first_validation_after_a_resume"],
     **dict.fromkeys(["eval_best_falls_back", "eval_model_changes_allowed"],
                     ["tests/test_evaluate.py::test_a_missing_best_or_a_change_of_what_is_evaluated_is_one_line"]),
+    "resumed_lr_change_ignored": ["tests/test_resume_state.py::test_a_resume_that_changes_the_lr_trains_on_with_the_new_one"],
     "predict_index_restarts": ["tests/test_predict.py::test_dense_predictions_go_to_hdf5_for_a_split_or_a_file"],
     "digits_test_is_val": ["tests/test_evaluate.py::test_every_data_option_has_a_test_split_apart_from_train_and_val"],
     "ranks_not_rescaled": ["tests/test_ddp.py::"

@@ -16,8 +16,9 @@ from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 class StepSchedule(LambdaLR):
     """LambdaLR whose restored state follows this run's curve: after a resume that changed
-    the curve (``trainer.epochs`` with cosine), the next update uses the new curve's LR
-    for the restored step, not the LR the checkpoint's optimizer had stored.
+    the curve (``trainer.epochs`` with cosine) or the base LR (``optimizer.lr``), the next
+    update uses the new curve's LR for the restored step, not the LR the checkpoint's
+    optimizer had stored.
 
     ``step()``, called once per optimizer update, computes what LambdaLR's does
     (``base_lr * lambda(last_epoch)``, the same counters and state) without its per-call
@@ -36,7 +37,9 @@ class StepSchedule(LambdaLR):
         self._last_lr = lrs
 
     def load_state_dict(self, state_dict) -> None:
+        base = list(self.base_lrs)  # this run's (its optimizer.lr): a resume that changed it goes on from the new one
         super().load_state_dict(state_dict)
+        self.base_lrs = base
         lrs = [base * fn(self.last_epoch) for base, fn in zip(self.base_lrs, self.lr_lambdas)]
         for group, lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = lr
