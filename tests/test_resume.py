@@ -156,6 +156,7 @@ def test_training_log_holds_every_batch_line_a_checkpoint_covers(train_here, tmp
     assert all(lines == step for step, lines in seen), seen
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it (the fast suite keeps under 5 minutes)
 def test_killed_while_saving_every_step_never_leaves_unloadable_latest(env, tmp_path):
     run = tmp_path / "run"
     args = [*DET, "data.num_samples=800", "checkpoint.every_n_steps=1", "trainer.epochs=1"]

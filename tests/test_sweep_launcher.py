@@ -133,6 +133,7 @@ def test_fake_pool_one_id_per_job_two_at_once_and_a_true_queue(env, tmp_path):
     assert re.search(r"job +overrides +status +best_val_dice +epochs +run_dir", proc.stdout)
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it (the fast suite keeps under 5 minutes)
 def test_jobs_per_gpu_packs_two_jobs_on_one_id_and_they_share_the_cores(env, tmp_path):
     """Two jobs at once on one id; a job without trainer.threads (or given null) gets cores / 2
     threads, a job given a number keeps it. (On 2 cores: 1 thread each, as the other tests.)"""
