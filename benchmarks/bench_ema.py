@@ -64,11 +64,9 @@ def main() -> None:
     med = {name: statistics.median(v) * 1000 for name, v in times.items()}
     figures = {"default": {"plain_step_ms": round(med["plain"], 2), "ema_step_ms": round(med["ema"], 2),
                            "ema_over_plain_ratio": round(med["ema"] / med["plain"], 3)}}
-    print("default", " ".join(f"{k}={v}" for k, v in figures["default"].items()), flush=True)
-    if args.json:
-        import benchjson
+    import benchjson
 
-        benchjson.write(args.json, figures)
+    benchjson.report(figures, args.json)
 
 
 if __name__ == "__main__":

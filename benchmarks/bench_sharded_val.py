@@ -86,11 +86,9 @@ def main() -> None:
     figures = {"default": {"val_samples": result["samples"], "sharded_ms": round(med["sharded"], 1),
                            "whole_ms": round(med["whole"], 1), "same_values": result["same"],
                            "sharded_over_whole_ratio": round(med["sharded"] / med["whole"], 3)}}
-    print("default", " ".join(f"{k}={v}" for k, v in figures["default"].items()), flush=True)
-    if args.json:
-        import benchjson
+    import benchjson
 
-        benchjson.write(args.json, figures)
+    benchjson.report(figures, args.json)
 
 
 if __name__ == "__main__":

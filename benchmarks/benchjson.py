@@ -50,3 +50,11 @@ def write(path, figures: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def report(figures: dict, path=None) -> None:
+    """Print one line per case (``case key=value ...``) and, with ``path``, write the record."""
+    for case, values in figures.items():
+        print(case, " ".join(f"{k}={v}" for k, v in values.items()), flush=True)
+    if path:
+        write(path, figures)

@@ -12,8 +12,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainforge.files import (BATCH_CSV, COLLAPSE_CSV, COLLAPSE_WARNING, CONFIG, EPOCH_CSV, METRICS_JSON, STATUS, TRAINING_LOG,
-                              process_ended)
+from trainforge.files import (BATCH_CSV, COLLAPSE_CSV, COLLAPSE_WARNING, CONFIG, EPOCH_CSV, METRICS_JSON, STATUS,
+                              TRAINING_LOG, process_ended)
 
 RUN_FILES = (EPOCH_CSV, METRICS_JSON, BATCH_CSV, STATUS, TRAINING_LOG)
 BATCH_LINE = re.compile(r"Epoch \[(\d+)/(\d+)\] - Progress [\d.]+% \((\d+)/(\d+)\)")
@@ -180,7 +180,10 @@ def _alive(status: dict) -> bool | None:
 
 
 def collapse_suspected(path: Path) -> bool:
-    """Whether the run's log says posterior collapse was suspected (SeqSetVAE's check)."""
+    """Whether the run's log says posterior collapse was suspected (SeqSetVAE's check, which
+    writes collapse.csv: without it the log is not read)."""
+    if not (path / COLLAPSE_CSV).exists():
+        return False
     try:
         return COLLAPSE_WARNING.encode() in (path / TRAINING_LOG).read_bytes()
     except OSError:

@@ -244,6 +244,26 @@ def _nested(f):
     return kind if isinstance(kind, type) and dataclasses.is_dataclass(kind) else None
 
 
+UNDECLARED = object()  # the default of a key no schema declares: no value equals it
+
+
+def schema_default(cfg, key: str, root, by_target: dict):
+    """The default the schemas (``root``, the groups' by ``_target_``) give dotted ``key`` of
+    ``cfg`` (``trainer.ema.decay``, ``data.num_samples``), or ``UNDECLARED``."""
+    kind, node = root, cfg
+    *path, name = key.split(".")
+    for part in path:
+        field = next((f for f in dataclasses.fields(kind) if f.name == part), None) if kind else None
+        node = node.get(part) if node is not None and hasattr(node, "get") else None
+        kind = (_nested(field) if field is not None else None) or schema_of(node, by_target)
+    field = next((f for f in dataclasses.fields(kind) if f.name == name), None) if kind else None
+    if field is None or _nested(field):
+        return UNDECLARED
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else UNDECLARED
+
+
 def known_keys(cfg, root, by_target: dict) -> list:
     """Every key the composed config's schemas declare, dotted (for suggestions)."""
     keys = [f.name for f in dataclasses.fields(root)]

@@ -108,15 +108,17 @@ class CheckpointManager:
     plus the ``top_k`` best by metric are kept, and the index says which rule keeps each.
     """
 
-    def __init__(self, record, save_freq=1, keep_last_n=3, top_k=0, monitor="val_loss", mode="min"):
+    def __init__(self, record, save_freq=1, keep_last_n=3, top_k=0, monitor="val_loss", mode="min",
+                 weights_kind="raw"):
         """``record``: the run's RunRecord (every rank keeps the tables; rank 0 alone writes),
-        or a run directory (a writer)."""
+        or a run directory (a writer). ``weights_kind``: which weights a best holds, ``raw`` or
+        ``ema`` (the EMA's are what is validated or monitored: ``trainer.ema``)."""
         self.record = RunRecord.of(record)
         self.run_dir = self.record.run_dir
         self.save_freq, self.keep_last_n, self.top_k = save_freq, keep_last_n, top_k
         self.monitor, self.mode = monitor, mode
         self.best = {"monitor": monitor, "mode": mode, "value": None, "epoch": None}
-        self.weights_kind = "raw"  # which weights the best holds: raw, or ema (the EMA's won: trainer.ema)
+        self.weights_kind = weights_kind
         self.entries: list[dict] = []  # epoch files: {"file", "epoch", "metric"}
         for tmp in [*self.run_dir.glob(".*.tmp"), *(self.run_dir / EPOCH_DIR).glob(".*.tmp")]:
             if writer_gone(tmp):

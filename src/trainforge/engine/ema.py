@@ -39,15 +39,11 @@ class EMAHook(HookBase):
         self.module = copy.deepcopy(plain).eval().requires_grad_(False)
         self.updates = 0
         self.seen_step = 0
-        averaged = [(e, m) for e, m in zip(self._tensors(self.module), self._tensors(plain)) if e.is_floating_point()]
-        copied = [(e, m) for e, m in zip(self._tensors(self.module), self._tensors(plain))
-                  if not e.is_floating_point()]
-        self.ema_avg, self.model_avg = [e for e, _ in averaged], [m for _, m in averaged]
-        self.ema_copy, self.model_copy = [e for e, _ in copied], [m for _, m in copied]
-
-    @staticmethod
-    def _tensors(module: torch.nn.Module) -> list:
-        return [*module.parameters(), *module.buffers()]
+        self.ema_avg, self.model_avg, self.ema_copy, self.model_copy = [], [], [], []
+        for e, m in zip([*self.module.parameters(), *self.module.buffers()], [*plain.parameters(), *plain.buffers()]):
+            pair = (self.ema_avg, self.model_avg) if e.is_floating_point() else (self.ema_copy, self.model_copy)
+            pair[0].append(e)
+            pair[1].append(m)
 
     def before_train(self) -> None:
         self.seen_step = self.trainer.step  # a resumed run: updates before it are in the state

@@ -286,7 +286,8 @@ class CheckpointHook(HookBase):
         self.trainer.flush()
         monitor = self.manager.monitor
         metric = flatten(t.history[-1]).get(monitor)
-        weights = self.best_weights or (lambda: {k: v.detach().cpu() for k, v in dist.unwrap(t.model).state_dict().items()})
+        weights = self.best_weights or (
+            lambda: {k: v.detach().cpu() for k, v in dist.unwrap(t.model).state_dict().items()})
         if self.manager.save_epoch(t.epoch + 1, metric, self.objects(), self.extra(), weights):
             log.info("New best %s %.6f at epoch %d: saved best_model.pth", monitor, metric, t.epoch + 1)
         self.saved_step = t.step

@@ -1,10 +1,13 @@
 """Every random number generator's state as tensors and primitives (weights_only-safe)."""
 from __future__ import annotations
 
+import logging
 import random
 
 import numpy as np
 import torch
+
+log = logging.getLogger("trainforge")  # engine.logging.LOGGER
 
 
 def seed_everything(seed: int) -> None:
@@ -62,9 +65,7 @@ class RNGState:
         if resumed and rank >= len(ranks):
             _derive(state, rank)
         if resumed and rank == 0 and dist.world_size() > len(ranks):  # rank 0 writes the log
-            import logging
-
-            logging.getLogger("trainforge").info(
+            log.info(
                 "The checkpoint holds the random state of %d rank(s): ranks %d-%d take streams derived from it "
                 "(rank r from rank r mod %d's state and r)", len(ranks), len(ranks), dist.world_size() - 1, len(ranks))
 

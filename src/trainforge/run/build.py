@@ -290,12 +290,12 @@ def build_hooks(cfg, record, composed, device, val_loader, loss_fn, metrics, sch
     it and the logging hooks), logging, plateau, callbacks, early stop, checkpoints,
     preemption, compile report."""
     metrics, vae_hooks = vae_monitoring(cfg, record, loss_fn, metrics)
-    ck, ema = cfg.checkpoint, build_ema(cfg.trainer.ema, model)
-    available = available_metrics(loss_fn, metrics, ema_columns=ema is not None and ema.validate_with == "both")
+    ck, ema, validate_with = cfg.checkpoint, build_ema(cfg.trainer.ema, model), cfg.trainer.ema.validate_with
+    available = available_metrics(loss_fn, metrics, ema_columns=ema is not None and validate_with == "both")
     check_monitor("checkpoint.monitor", ck.monitor, available)
     display, logs = logging_hooks(cfg.log, record, device)
     sharded = len(shard(len(val_loader.dataset))) < len(val_loader.dataset)  # DDP: each rank its part
-    evaluator = EvalHook(val_loader, metrics, sharded, ema, cfg.trainer.ema.validate_with)
+    evaluator = EvalHook(val_loader, metrics, sharded, ema, validate_with)
     hooks = [*display, *([ema] if ema else []), evaluator, *vae_hooks, *logs]
     if hasattr(scheduler, "observe"):
         check_monitor("scheduler.monitor", scheduler.monitor, available)
@@ -306,10 +306,10 @@ def build_hooks(cfg, record, composed, device, val_loader, loss_fn, metrics, sch
 
         stop = cfg.trainer.early_stop
         hooks.append(EarlyStopHook(ck.monitor, ck.mode, stop.patience, stop.min_delta, stop.check_finite))
-    manager = CheckpointManager(record, ck.save_freq, ck.keep_last_n, ck.top_k, ck.monitor, ck.mode)
+    ema_won = ema is not None and (validate_with == "ema" or ck.monitor.startswith("val_ema_"))
+    manager = CheckpointManager(record, ck.save_freq, ck.keep_last_n, ck.top_k, ck.monitor, ck.mode,
+                                weights_kind="ema" if ema_won else "raw")
     overrides, sources = composed
-    ema_won = ema is not None and (ema.validate_with == "ema" or ck.monitor.startswith("val_ema_"))
-    manager.weights_kind = "ema" if ema_won else "raw"
     checkpointer = CheckpointHook(manager, OmegaConf.to_yaml(cfg, resolve=True), ck.save_optimizer,
                                   ck.every_n_steps, overrides, sources, ema.weights if ema_won else None)
     hooks += [checkpointer, PreemptionHook(checkpointer)]
@@ -324,9 +324,7 @@ def build_ema(node, model):
         return None
     from trainforge.engine.ema import EMAHook
 
-    ema = EMAHook(model, node.decay, node.warmup, node.every)
-    ema.validate_with = node.validate_with
-    return ema
+    return EMAHook(model, node.decay, node.warmup, node.every)
 
 
 def build_callbacks(cfg) -> list:

@@ -130,7 +130,6 @@ class Evaluation:
     monitor's latent statistics). ``evaluate()`` is the validation of training."""
 
     def __init__(self, cfg, split: str, state: dict, input=None):
-        import torch
         from torch.utils.data import DataLoader
 
         from trainforge.engine.amp import Precision
@@ -159,9 +158,8 @@ class Evaluation:
         self.precision = Precision(t.precision, device, sum(p.numel() for p in self.model.parameters()))
         names = {"data": f"data ({split} split)", "model": f"model={cfg.model.get('_target_')}",
                  "loss": f"loss={cfg.loss.get('_target_')}"}
-        with torch.no_grad():
-            self.call_style = dry_batch(self.model, self.loss_fn, self.metrics, self.loader, data.collate_fn, device,
-                                        self.precision, names)
+        self.call_style = dry_batch(self.model, self.loss_fn, self.metrics, self.loader, data.collate_fn, device,
+                                    self.precision, names)
 
     def evaluate(self) -> dict:
         from trainforge.engine.hooks import validate
@@ -251,22 +249,28 @@ def evaluate_sweep(sweep: Path, ckpt, split, weights, overrides, out) -> dict:
     return {"sweep": str(sweep), "jobs": records}
 
 
-def main(argv) -> int:
-    """``trainforge eval RUN [ckpt=..] [split=..] [weights=..] [KEY=VALUE ...]``."""
+def command(argv, usage: str, own: tuple, act) -> int:
+    """``trainforge eval|predict RUN [KEY=VALUE ...]``: the command's own keys (``own``) go to
+    ``act(run, {key: value or None}, overrides)``, the others are overrides; an error is one line."""
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.split("\n\n")[1])
+        print(usage)
         return 0 if argv else 2
-    own = {k: None for k in OWN}
-    overrides = []
+    given, overrides = dict.fromkeys(own), []
     for item in argv[1:]:
         key, _, value = item.partition("=")
-        if key in own:
-            own[key] = value
+        if key in given:
+            given[key] = value
         else:
             overrides.append(item)
     try:
-        evaluate(argv[0], own["ckpt"] or "best", own["split"] or "val", own["weights"], overrides)
+        act(argv[0], given, overrides)
     except TrainforgeError as e:
         print(f"trainforge: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)
     return 0
+
+
+def main(argv) -> int:
+    """``trainforge eval RUN [ckpt=..] [split=..] [weights=..] [KEY=VALUE ...]``."""
+    return command(argv, __doc__.split("\n\n")[1], OWN, lambda run, k, overrides: evaluate(
+        run, k["ckpt"] or "best", k["split"] or "val", k["weights"], overrides))

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import csv
 import datetime
-import sys
 from pathlib import Path
 
 import torch
 
-from trainforge.errors import ConfigError, TrainforgeError
+from trainforge.errors import ConfigError
 
 PRED_DIR = "predictions"
 
@@ -134,20 +133,8 @@ def open_writer(out, run_dir: Path, what: str, logits: torch.Tensor) -> tuple:
 
 def main(argv) -> int:
     """``trainforge predict RUN [ckpt=..] [split=..|input=..] [out=..] [weights=..] [KEY=VALUE ...]``."""
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.split("\n\n")[1])
-        return 0 if argv else 2
-    own = {k: None for k in ("ckpt", "split", "input", "out", "weights")}
-    overrides = []
-    for item in argv[1:]:
-        key, _, value = item.partition("=")
-        if key in own:
-            own[key] = value
-        else:
-            overrides.append(item)
-    try:
-        predict(argv[0], own["ckpt"] or "best", own["split"], own["input"], own["out"], own["weights"], overrides)
-    except TrainforgeError as e:
-        print(f"trainforge: error: {e}", file=sys.stderr)
-        return getattr(e, "exit_code", 2)
-    return 0
+    from trainforge.run.evaluate import command
+
+    return command(argv, __doc__.split("\n\n")[1], ("ckpt", "split", "input", "out", "weights"),
+                   lambda run, k, overrides: predict(run, k["ckpt"] or "best", k["split"], k["input"], k["out"],
+                                                     k["weights"], overrides))

@@ -7,7 +7,6 @@ has none). A resumed run continues in the directory that holds the checkpoint.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -16,6 +15,8 @@ from trainforge.engine.checkpoint import BEST, EPOCH_DIR, LATEST, load_checkpoin
 from trainforge.engine.logging import LOGGER
 
 from trainforge.config.sources import compose_config
+from trainforge.config.rules import schema_default
+from trainforge.config.schemas import BY_TARGET, TrainConf
 from trainforge.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(LOGGER)
@@ -80,9 +81,10 @@ def _ranks_of(ckpt: dict) -> list:
     """``trainer.devices=N`` for a run of N ranks resumed by a plain process: a run started
     by torchrun or SLURM set ``trainer.devices`` from its ranks (no override says it), and
     its resume starts as many (under torchrun or SLURM again, the ranks there decide)."""
+    from trainforge.distributed.ranks import env_ranks
+
     world = int(ckpt.get("world_size") or 1)
-    started_as_a_rank = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    return [f"trainer.devices={world}"] if world > 1 and not started_as_a_rank else []
+    return [f"trainer.devices={world}"] if world > 1 and env_ranks() is None else []
 
 
 def recompose(cfg, ckpt: dict, current: list):
@@ -141,32 +143,6 @@ def rescale_batch(cfg, ckpt: dict, world: int) -> str | None:
     return f"ranks {saved} -> {world}: data.batch_size {per_rank} -> {total // world} per rank (global batch {total} kept)"
 
 
-_UNDECLARED = object()
-
-
-def schema_default(cfg, key: str):
-    """The default the schemas give dotted ``key`` of ``cfg`` (``trainer.ema.decay``,
-    ``data.num_samples``), or a marker no value equals when no schema declares it."""
-    import dataclasses
-
-    from trainforge.config.rules import schema_of
-    from trainforge.config.schemas import BY_TARGET, TrainConf
-
-    kind, node = TrainConf, cfg
-    *path, name = key.split(".")
-    for part in path:
-        field = next((f for f in dataclasses.fields(kind) if f.name == part), None) if kind else None
-        node = node.get(part) if node is not None and hasattr(node, "get") else None
-        nested = field.default_factory if field is not None and dataclasses.is_dataclass(field.default_factory) else None
-        kind = nested or schema_of(node, BY_TARGET)
-    field = next((f for f in dataclasses.fields(kind) if f.name == name), None) if kind else None
-    if field is None:
-        return _UNDECLARED
-    if field.default is not dataclasses.MISSING:
-        return field.default
-    return field.default_factory() if field.default_factory is not dataclasses.MISSING else _UNDECLARED
-
-
 def check_drift(saved_yaml: str, cfg, force: bool, world=None, rescaled: bool = False) -> list:
     """Refuse a resume whose config changes the experiment (model, data, batch size, loss,
     optimizer type, world size, accumulation) unless ``force``; return the other changes.
@@ -176,9 +152,9 @@ def check_drift(saved_yaml: str, cfg, force: bool, world=None, rescaled: bool = 
     old = _flat(OmegaConf.to_container(OmegaConf.create(saved_yaml), resolve=False))
     new = _flat(OmegaConf.to_container(cfg, resolve=True))
     mine = ("data.batch_size", "trainer.devices") if rescaled else ()  # rescale_batch's, reported by it
+    newer = {k for k in set(new) - set(old) if new[k] == schema_default(cfg, k, TrainConf, BY_TARGET)}  # at default
     changes = [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-               if old.get(k) != new.get(k) and not k.startswith(OWN_KEYS) and k not in mine
-               and not (k not in old and new.get(k) == schema_default(cfg, k))]  # a key newer than the run
+               if old.get(k) != new.get(k) and not k.startswith(OWN_KEYS) and k not in mine and k not in newer]
     structural = [c for c in changes if c[0].startswith(STRUCTURAL) and not c[0].startswith(LOADING)]
     if world is None:  # the configs alone: trainer.devices stands for the number of ranks
         structural += [c for c in changes if c[0] == "trainer.devices"]
