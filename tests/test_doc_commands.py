@@ -111,6 +111,8 @@ HOW = {
     "trainforge eval RUN ckpt=epoch:5 data.batch_size=64": HERE,
     "trainforge eval RUN split=test": f"{EV}::test_plain_datasets_are_evaluated_on_their_test_set",
     "trainforge eval MULTIRUN_DIR": f"{EV}::test_eval_of_a_sweep_adds_the_columns_to_its_summary",
+    "trainforge eval RUN trainer.devices=2":
+        "tests/test_own_project.py::test_one_two_and_three_ranks_validate_evaluate_and_predict_every_sample_once",
     "trainforge predict RUN": f"{PR}::test_class_predictions_of_the_best_checkpoint_give_its_recorded_accuracy",
     "trainforge predict RUN split=test out=test.h5": HERE,
     "trainforge predict RUN input=new_scans.h5": f"{PR}::test_dense_predictions_go_to_hdf5_for_a_split_or_a_file",

@@ -156,22 +156,41 @@ def test_the_dry_batch_changes_nothing(project):
 
 
 @pytest.mark.slow
-def test_two_ranks_compute_every_metric_over_every_sample_once(project):
-    """A prime-sized validation set (31) split over 2 gloo ranks (15 + 16): torchmetrics' AUROC,
-    a summed count (sum_states), a median of gathered scores (cat_states) and a protocol-less
-    median (inputs replayed) equal one process's. The weights barely move
-    (lr 1e-9, no BatchNorm, no dropout), so the metrics see the same model in both runs."""
+def test_one_two_and_three_ranks_validate_evaluate_and_predict_every_sample_once(project):
+    """A prime-sized validation set (31) split over 1, 2 and 3 gloo ranks (31; 15 + 16;
+    10 + 10 + 11): training's validation, ``trainforge eval`` and ``trainforge predict`` give
+    the same torchmetrics AUROC, summed count (sum_states), median of gathered scores
+    (cat_states), protocol-less median (inputs replayed) and loss (1e-6), and the same
+    predictions, each sample once in order. The weights barely move (lr 1e-9, no BatchNorm,
+    no dropout), so every run's validation sees the same model."""
     common = ["experiment=inline", "optimizer=sgd", "optimizer.lr=1e-9", "model.norm=false", "model.dropout=0.0",
-              "trainer.epochs=1", "data.batch_size=8"]
-    one, two = project / "runs" / "one", project / "runs" / "two"
-    trainforge(project, *common, f"hydra.run.dir={one}")
-    trainforge(project, *common, "trainer.devices=2", "data.batch_size=4", f"hydra.run.dir={two}")
-    a, b = rows(one)[0], rows(two)[0]
-    assert float(a["val_count"]) == float(b["val_count"]) == 31  # each sample once: not 62, not 15 or 16
-    assert a["val_median"] == a["val_median_cat"] and b["val_median"] == b["val_median_cat"]
-    for name in ("val_auroc", "val_median", "val_loss"):
-        assert abs(float(a[name]) - float(b[name])) < 1e-6, (name, a[name], b[name])
-    assert "DDP on 2 processes" in (two / "training.log").read_text()
+              "trainer.epochs=1"]
+    runs = {n: project / "runs" / f"ranks{n}" for n in (1, 2, 3)}
+    for n, run in runs.items():
+        trainforge(project, *common, f"trainer.devices={n}", f"data.batch_size={(8, 4, 3)[n - 1]}",
+                   f"hydra.run.dir={run}")
+    names = ("val_auroc", "val_count", "val_median", "val_median_cat", "val_loss")
+    recorded = rows(runs[1])[0]
+    assert float(recorded["val_count"]) == 31 and recorded["val_median"] == recorded["val_median_cat"]
+    assert 0.5 < float(recorded["val_auroc"]) < 1.0  # a value that depends on every score
+    predictions = {}
+    for n in (1, 2, 3):
+        validated = rows(runs[n])[0]  # each sample once: a count of 31, not 62, 15 or 16
+        assert all(abs(float(validated[k]) - float(recorded[k])) < 1e-6 for k in names), (n, validated, recorded)
+        trainforge(project, "eval", str(runs[1]), f"trainer.devices={n}", "data.batch_size=4")
+        record = json.loads(sorted((runs[1] / "eval").glob("*.json"))[-1].read_text())
+        assert record["ranks"] == n and record["samples"] == 31
+        assert all(abs(record["metrics"][k[4:]] - float(recorded[k])) < 1e-6 for k in names), (n, record)
+        out = project / f"pred{n}.csv"
+        trainforge(project, "predict", str(runs[1]), f"trainer.devices={n}", f"out={out}")
+        predictions[n] = list(csv.DictReader(open(out)))
+        assert not list(project.glob(f".pred{n}.csv.part*"))  # the parts were appended and removed
+    assert [int(r["index"]) for r in predictions[3]] == list(range(31))
+    for n in (2, 3):
+        assert [r["label"] for r in predictions[n]] == [r["label"] for r in predictions[1]]
+        assert all(abs(float(a[k]) - float(b[k])) < 1e-6 for a, b in zip(predictions[n], predictions[1])
+                   for k in ("output_0", "output_1", "probability_1"))
+    assert "DDP on 3 processes" in (runs[3] / "training.log").read_text()
 
 
 def test_trainforge_new_writes_a_project_that_trains_at_once(tmp_path):

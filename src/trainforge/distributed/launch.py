@@ -30,7 +30,6 @@ from trainforge.errors import Preempted, RankFailed, TrainforgeError
 from trainforge.files import read_status, write_failed_over
 
 
-
 def process_count(devices, device: str) -> int:
     """Ranks to start for ``trainer.devices``: N, or ``auto`` = every GPU visible to the job
     (1 when the run is on the CPU or no GPU is visible)."""
@@ -41,6 +40,15 @@ def process_count(devices, device: str) -> int:
     import torch
 
     return max(1, torch.cuda.device_count())
+
+
+def on_gpu(device) -> bool:
+    """Whether ranks on ``trainer.device`` run on GPUs (nccl) or CPUs (gloo)."""
+    if str(device) == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return str(device).startswith("cuda")
 
 
 def agree_start_time() -> None:
@@ -92,6 +100,39 @@ def spawn(cfg_yaml: str, run_dir: Path, overrides: list, ckpt_path, n: int, on_g
         for f in workdir.iterdir():
             f.unlink()
         workdir.rmdir()
+
+
+def call_on_ranks(target: str, kwargs: dict, n: int, on_gpu: bool):
+    """``module:function(**kwargs)`` in ``n`` rank processes (one process group, which the
+    function joins); returns rank 0's result (JSON). ``trainforge eval``/``predict`` with
+    ``trainer.devices=N``. A rank that fails takes the others down and its one line is
+    raised here; a stop signal to this process ends every rank (nothing to save)."""
+    workdir = Path(tempfile.mkdtemp(prefix="trainforge-ranks-"))
+    spec = workdir / "spec.json"
+    spec.write_text(json.dumps({"call": target, "kwargs": kwargs}))
+    port, visible = _free_port(), _visible_gpus() if on_gpu else None
+    procs: list = []
+    previous = signals.take(_interrupt)
+    try:
+        procs.extend(_start_rank(r, n, port, visible, spec, workdir) for r in range(n))
+        codes = _wait(procs)
+        if all(c == 0 for c in codes):
+            return json.loads((workdir / "result.json").read_text())
+        rank = next(r for r, c in enumerate(codes) if c != 0)
+        text = workdir / f"rank{rank}.txt"
+        why = text.read_text().strip().split("\n")[0] if text.exists() else f"exit code {codes[rank]}"
+        raise (TrainforgeError if codes[rank] == 2 else RankFailed)(f"rank {rank}: {why}" if codes[rank] != 2 else why)
+    finally:
+        _kill_groups(procs)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for f in workdir.iterdir():
+            f.unlink()
+        workdir.rmdir()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _visible_gpus() -> list:

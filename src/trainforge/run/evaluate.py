@@ -30,7 +30,7 @@ EVALUATIONS = "evaluations.csv"
 OWN = ("ckpt", "split", "weights")
 # what an evaluation may change: where and how the data is read, where the model runs
 ALLOWED = ("data.path", "data.test_path", "data.cache_dir", "data.batch_size", "data.num_workers", "data.pin_memory", "data.preload",
-           "data.shared_memory", "trainer.device", "trainer.precision", "trainer.threads")
+           "data.shared_memory", "trainer.device", "trainer.devices", "trainer.precision", "trainer.threads")
 
 
 def checkpoint_file(run_dir: Path, ckpt: str) -> Path:
@@ -76,6 +76,8 @@ def run_config(run_dir: Path, overrides) -> "OmegaConf":
         value = OmegaConf.select(parsed, key)
         if key in COUNTS and not (isinstance(value, int) and not isinstance(value, bool) and value >= COUNTS[key]):
             raise ConfigError(f"{item}: must be an integer >= {COUNTS[key]}")
+        if key == "trainer.devices" and value != "auto" and not (type(value) is int and value >= 1):
+            raise ConfigError(f"{item}: allowed values are auto or an integer >= 1 (the ranks to evaluate on)")
         OmegaConf.update(cfg, key, value, merge=False)
     return cfg
 
@@ -104,6 +106,11 @@ def evaluate(source, ckpt: str = "best", split: str = "val", weights=None, overr
     start = time.perf_counter()
     cfg = run_config(source, overrides)
     path = checkpoint_file(source, ckpt)
+    spawned, record = on_ranks(cfg, "trainforge.run.evaluate:evaluate", dict(
+        source=str(source), ckpt=ckpt, split=split, weights=weights, overrides=list(overrides), write=write))
+    if spawned:  # rank 0 printed the line
+        return record
+    from trainforge.distributed import group as dist
     from trainforge.engine.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(path)
@@ -112,15 +119,37 @@ def evaluate(source, ckpt: str = "best", split: str = "val", weights=None, overr
     values = parts.evaluate()
     record = {"run": str(source), "split": split, "checkpoint": ckpt, "file": str(path),
               "epoch": (checkpoint.get("best") or {}).get("epoch") if ckpt == "best" else checkpoint.get("epoch"),
-              "weights": which, "samples": parts.samples, "metrics": values,
+              "weights": which, "samples": parts.samples, "ranks": dist.world_size(), "metrics": values,
               "seconds": round(time.perf_counter() - start, 3),
               "time": datetime.datetime.now().isoformat(timespec="seconds"), "overrides": list(overrides)}
-    if write:
-        record["written"] = str(write_record(source, record))
-    shown = " - ".join(f"{k} {v:.6g}" for k, v in values.items())
-    out(f"Evaluated {source} (ckpt={ckpt}: epoch {record['epoch']}, {which} weights) on {split} "
-        f"({parts.samples} samples) in {record['seconds']:.1f} s: {shown}")
+    if dist.is_main():
+        if write:
+            record["written"] = str(write_record(source, record))
+        shown = " - ".join(f"{k} {v:.6g}" for k, v in values.items())
+        out(f"Evaluated {source} (ckpt={ckpt}: epoch {record['epoch']}, {which} weights) on {split} "
+            f"({parts.samples} samples{on_how_many(record['ranks'])}) in {record['seconds']:.1f} s: {shown}")
     return record
+
+
+def on_ranks(cfg, target: str, kwargs: dict) -> tuple:
+    """(True, rank 0's result) after ``target(**kwargs)`` ran in the N rank processes
+    ``trainer.devices`` asks for; (False, None) when this process goes on itself, having
+    joined the process group of the ranks it is one of (torchrun, a SLURM step, ours)."""
+    from trainforge.distributed import launch
+    from trainforge.distributed.ranks import env_ranks
+
+    gpu = launch.on_gpu(cfg.trainer.device)
+    if env_ranks() is not None:
+        from trainforge.distributed import group as dist
+
+        dist.init("nccl" if gpu else "gloo", cfg.trainer.get("ddp_timeout", 1800))
+        return False, None
+    n = launch.process_count(cfg.trainer.get("devices", 1), cfg.trainer.device)
+    return (True, launch.call_on_ranks(target, kwargs, n, gpu)) if n > 1 else (False, None)
+
+
+def on_how_many(ranks: int) -> str:
+    return f" on {ranks} ranks" if ranks > 1 else ""
 
 
 class Evaluation:

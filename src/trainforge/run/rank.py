@@ -2,7 +2,8 @@
 
 The parent (``distributed/launch.py``: ``spawn``) composed, validated and opened the run;
 each rank trains the parent's final config and reports its one-line outcome in
-``WORKDIR/rank<r>.txt``, which the parent alone prints.
+``WORKDIR/rank<r>.txt``, which the parent alone prints. A spec with ``call``
+(``launch.call_on_ranks``: ``trainforge eval``/``predict`` on N ranks) runs that function.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def rank_main(spec_path: str, workdir: str) -> int:
 
     spec = json.loads(Path(spec_path).read_text())
     rank = env_rank()
+    if "call" in spec:  # launch.call_on_ranks: a function, rank 0's result returned
+        return _call(spec, rank, workdir)
     cfg = OmegaConf.create(spec["config"])
     if spec["resume"]:
         cfg.resume = spec["resume"]
@@ -36,13 +39,36 @@ def rank_main(spec_path: str, workdir: str) -> int:
             run(cfg, run_dir=spec["run_dir"], overrides=spec["overrides"], validated=True, sources=spec.get("sources"))
         return 0
     except BaseException as e:  # noqa: BLE001 - every outcome is reported to the parent
-        if isinstance(e, TrainforgeError):
-            Path(workdir, f"rank{rank}.txt").write_text(str(e))
-            return getattr(e, "exit_code", 2)
-        Path(workdir, f"rank{rank}.txt").write_text(f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
-        return 1
+        return _report(e, rank, workdir)
     finally:
         dist.cleanup()
+
+
+def _call(spec: dict, rank: int, workdir: str) -> int:
+    """``module:function(**kwargs)`` in this rank; rank 0's result goes to ``result.json``."""
+    import importlib
+
+    from trainforge.distributed import group as dist
+
+    module, _, name = spec["call"].partition(":")
+    try:
+        result = getattr(importlib.import_module(module), name)(**spec["kwargs"])
+        if rank == 0:
+            Path(workdir, "result.json").write_text(json.dumps(result, default=str))
+        return 0
+    except BaseException as e:  # noqa: BLE001 - every outcome is reported to the parent
+        return _report(e, rank, workdir)
+    finally:
+        dist.cleanup()
+
+
+def _report(e: BaseException, rank: int, workdir: str) -> int:
+    """The rank's one-line outcome (a user error) or its traceback, for the parent; the exit code."""
+    if isinstance(e, TrainforgeError):
+        Path(workdir, f"rank{rank}.txt").write_text(str(e))
+        return getattr(e, "exit_code", 2)
+    Path(workdir, f"rank{rank}.txt").write_text(f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+    return 1
 
 
 if __name__ == "__main__":

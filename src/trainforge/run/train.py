@@ -73,7 +73,7 @@ def run(cfg, run_dir=None, overrides=None, *, validated: bool = False, sources=N
     if ranks is not None and not launched_by_parent():
         _devices_are_the_ranks(cfg, ranks["world_size"])
     if ranks is not None:
-        dist.init("nccl" if _on_gpu(cfg) else "gloo", cfg.trainer.ddp_timeout)
+        dist.init("nccl" if launch.on_gpu(cfg.trainer.device) else "gloo", cfg.trainer.ddp_timeout)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.resume is None and _requeued() and (run_dir / STATUS).exists():
         cfg.resume = "auto"  # a requeued submitit job (any launcher) continues its own run
@@ -154,7 +154,7 @@ class _Run:
 
     def delegate(self, cfg, overrides, ckpt_path):
         """``trainer.devices=N``: open the run here and train it in N rank processes."""
-        n, on_gpu = launch.process_count(cfg.trainer.devices, cfg.trainer.device), _on_gpu(cfg)
+        n, on_gpu = launch.process_count(cfg.trainer.devices, cfg.trainer.device), launch.on_gpu(cfg.trainer.device)
         with signals.deferred():  # from RUNNING on, a stop signal reaches the ranks (launch.spawn)
             self.open(cfg)
             self.log.info("DDP on %d processes (%s): per-rank batch %d, global batch %d", n,
@@ -301,14 +301,6 @@ def _devices_are_the_ranks(cfg, world: int) -> None:
     cfg.trainer.devices = world
 
 
-def _on_gpu(cfg) -> bool:
-    """Whether the run's ranks train on GPUs (nccl) or CPUs (gloo)."""
-    device = str(cfg.trainer.device)
-    if device == "auto":
-        import torch
-
-        return torch.cuda.is_available()
-    return device.startswith("cuda")
 
 
 def _as_user_error(e: BaseException, run_dir: Path, trainer):
