@@ -150,6 +150,7 @@ def test_docs_name_no_file_the_code_does_not(tmp_path):
     """Every backticked run-directory file name on the page is one files.py names."""
     names = set(re.findall(r"`([\w.]+\.(?:json|csv|log|yaml|pth|pt))`", DOC))
     known = {n for n in files.RUN_DIR_FILES} | {"index.json", "checkpoint_epoch_NNN.pth", "hydra.yaml",
-                                               "overrides.yaml", "summary.csv", "multirun.yaml"}  # (a sweep's root)
+                                               "overrides.yaml", "summary.csv", "multirun.yaml",  # (a sweep's root)
+                                               files.EVALUATIONS}
     assert names <= known, names - known
     assert Path(files.INDEX).name == "index.json"

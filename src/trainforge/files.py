@@ -45,6 +45,12 @@ INDEX = "checkpoints/index.json"
 TENSORBOARD = "tensorboard"
 HYDRA_DIR = ".hydra"
 PLOTS = "plots"
+PROVENANCE = "provenance.json"
+PROVENANCE_RESUMES = "provenance_resumes.jsonl"
+PROVENANCE_DIFFS = "provenance_*.diff"
+EVAL_DIR = "eval"
+EVALUATIONS = "evaluations.csv"  # in EVAL_DIR
+PRED_DIR = "predictions"
 
 # every file or folder a run directory may hold -> what it is (docs/run-directory.md)
 RUN_DIR_FILES = {
@@ -63,6 +69,11 @@ RUN_DIR_FILES = {
     TENSORBOARD: "TensorBoard event files (log.tensorboard=true)",
     PLOTS: "figures written by python -m trainforge.analyze",
     LOCK: "the run lock: held by the process training in the directory",
+    PROVENANCE: "where the run came from: command, code (git or version), versions, packages, host, data files",
+    PROVENANCE_RESUMES: "one provenance record per resume",
+    PROVENANCE_DIFFS: "the uncommitted diff of the project or trainforge at a start (a dirty checkout only)",
+    EVAL_DIR: "trainforge eval's records: one JSON per evaluation and evaluations.csv",
+    PRED_DIR: "trainforge predict's output files (unless out= says where)",
 }
 # files that only a run that got past the door writes
 RUN_FILES = (LATEST, METRICS_JSON, EPOCH_CSV, BATCH_CSV, EPOCH_DIR)

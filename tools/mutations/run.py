@@ -122,6 +122,9 @@ CATCHERS = {
     **dict.fromkeys(["eval_best_falls_back", "eval_model_changes_allowed"],
                     ["tests/test_evaluate.py::test_a_missing_best_or_a_change_of_what_is_evaluated_is_one_line"]),
     "resumed_lr_change_ignored": ["tests/test_resume_state.py::test_a_resume_that_changes_the_lr_trains_on_with_the_new_one"],
+    # where a run came from
+    **dict.fromkeys(["provenance_env_unfiltered", "provenance_resume_silent"],
+                    ["tests/test_provenance.py::test_a_run_records_its_code_versions_host_and_a_resume_says_what_changed"]),
     "predict_index_restarts": ["tests/test_predict.py::test_dense_predictions_go_to_hdf5_for_a_split_or_a_file"],
     "digits_test_is_val": ["tests/test_evaluate.py::test_every_data_option_has_a_test_split_apart_from_train_and_val"],
     "ranks_not_rescaled": ["tests/test_ddp.py::"

@@ -22,11 +22,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from trainforge.errors import CheckpointError, ConfigError, TrainforgeError
-from trainforge.files import BEST, CONFIG, EPOCH_DIR, LATEST, read_status
+from trainforge.files import BEST, CONFIG, EPOCH_DIR, EVAL_DIR, EVALUATIONS, LATEST, read_status
 
 COUNTS = {"data.batch_size": 1, "data.num_workers": 0, "trainer.threads": 1}  # integer keys, their least value
-EVAL_DIR = "eval"
-EVALUATIONS = "evaluations.csv"
 OWN = ("ckpt", "split", "weights")
 # what an evaluation may change: where and how the data is read, where the model runs
 ALLOWED = ("data.path", "data.test_path", "data.cache_dir", "data.batch_size", "data.num_workers", "data.pin_memory", "data.preload",

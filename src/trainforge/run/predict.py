@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 
 from trainforge.errors import ConfigError
-
-PRED_DIR = "predictions"
+from trainforge.files import PRED_DIR
 
 
 def probabilities(logits: torch.Tensor) -> tuple:

@@ -150,7 +150,21 @@ class _Run:
         release_held_records()
         self.record.status("RUNNING", started=self.started, config_sources=self.sources)
         self.record.text(CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+        if not self.launched:  # (our launcher's parent recorded it)
+            self.provenance(cfg)
         self.opened = True
+
+    def provenance(self, cfg) -> None:
+        """provenance.json (a resume: its record appended, and what changed said in one line)."""
+        from trainforge.run import provenance
+
+        try:
+            changed = provenance.write(self.record, cfg, self.sources)
+        except Exception as e:  # noqa: BLE001 - a record that cannot be made stops no run
+            self.log.warning("provenance: not recorded (%s: %s)", type(e).__name__, e)
+            return
+        if changed:
+            self.log.warning("Changed since this run's last start: %s (%s)", "; ".join(changed), provenance.RESUMES)
 
     def delegate(self, cfg, overrides, ckpt_path):
         """``trainer.devices=N``: open the run here and train it in N rank processes."""
