@@ -143,6 +143,7 @@ def test_ema_without_warmup_is_torch_swa_utils_ema_and_the_warmup_follows_its_fo
     assert ema.module.state_dict()["1.num_batches_tracked"] == model.state_dict()["1.num_batches_tracked"]
 
 
+@pytest.mark.slow  # 19 s: the fast suite measured 268 s of its 300
 def test_the_best_ema_weights_are_not_overwritten_by_the_first_validation_after_a_resume(train_here, tmp_path):
     """The best EMA value is checkpoint state: a resume whose next validations are not better
     leaves best_model_weights.pt (the EMA's weights, said by status.json) as it was."""
