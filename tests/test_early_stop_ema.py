@@ -66,6 +66,9 @@ def test_early_stop_ends_at_the_same_epoch_when_the_run_is_killed_every_epoch(tr
         {k: record[k] for k in ("status", "stop_reason", "epoch", "best")}
     assert same_tensors(load_checkpoint(killed / "latest_checkpoint.pth")["model"],
                         load_checkpoint(straight / "latest_checkpoint.pth")["model"])
+    before = rows(straight)  # its last checkpoint is of the epoch that ended it: a resume ends there again
+    train_here(straight, *DIGITS, f"resume={straight}")
+    assert rows(straight) == before and status(straight)["stop_reason"] == "early_stop"
 
 
 @pytest.mark.slow  # CI time: .ci/run runs it

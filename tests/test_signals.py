@@ -45,7 +45,8 @@ def test_sigint_and_sigusr1_save_and_exit_75(env, tmp_path, name):
 def test_a_second_signal_of_the_same_kind_is_not_caught(env, tmp_path):
     run = tmp_path / "run"
     # one accumulation window per epoch: after the first signal the run still has most of the window to go
-    proc = start(env, tmp_path, "data.num_samples=800", "data.image_size=64", "trainer.grad_accum=40",
+    # (96 px: batch lines reach training.log up to a second late; the window must outlast that)
+    proc = start(env, tmp_path, "data.num_samples=800", "data.image_size=96", "trainer.grad_accum=40",
                  "log.progress=false", f"hydra.run.dir={run}")
     wait_for_text(run / "training.log", "(2/40)", proc)
     proc.send_signal(signal.SIGUSR1)

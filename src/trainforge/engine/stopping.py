@@ -41,6 +41,21 @@ class EarlyStopHook(HookBase):
             return value > self.best + self.min_delta
         return value < self.best - self.min_delta
 
+    def before_train(self) -> None:
+        """A resumed run whose last checkpoint is of the epoch that ended it (killed before it
+        recorded its end) ends there again, without training another epoch."""
+        t = self.trainer
+        if not t.history or t.batch_in_epoch:
+            return
+        record = t.history[-1]
+        value = flatten(record).get(self.monitor)
+        if value is not None and not math.isfinite(value) and self.check_finite:
+            self._stop(f"{self.monitor} is {value} at epoch {record['epoch']} (trainer.early_stop.check_finite)",
+                       record["epoch"])
+        elif value is not None and self.waited >= self.patience:
+            self._stop(f"{self.monitor} did not improve on {self.best:.6g} (epoch {self.best_epoch}) for "
+                       f"{self.waited} validation(s) (trainer.early_stop.patience={self.patience})", record["epoch"])
+
     def after_epoch(self) -> None:
         t = self.trainer
         record = t.history[-1]
@@ -61,11 +76,12 @@ class EarlyStopHook(HookBase):
             self._stop(f"{self.monitor} did not improve on {self.best:.6g} (epoch {self.best_epoch}) for "
                        f"{self.waited} validation(s) (trainer.early_stop.patience={self.patience})")
 
-    def _stop(self, why: str) -> None:
+    def _stop(self, why: str, epoch: int | None = None) -> None:
         t = self.trainer
-        if t.epoch + 1 >= t.epochs:  # the last epoch: the run ends here anyway, not early
+        epoch = t.epoch + 1 if epoch is None else epoch  # the epoch that ended the run
+        if epoch >= t.epochs:  # the last epoch: the run ends here anyway, not early
             return
-        log.warning("Early stop after epoch %d of %d: %s", t.epoch + 1, t.epochs, why)
+        log.warning("Early stop after epoch %d of %d: %s", epoch, t.epochs, why)
         t.finish_early(f"early stop: {why}", "early_stop")
 
     def state_dict(self) -> dict:
