@@ -19,47 +19,45 @@ from trainforge.errors import TrainforgeError
 
 
 def rank_main(spec_path: str, workdir: str) -> int:
-    """A rank started by ``spawn``: train the parent's config; the one-line outcome goes to
-    ``workdir/rank<r>.txt`` for the parent, which alone prints."""
-    from omegaconf import OmegaConf
-
+    """A rank started by ``spawn`` (train the parent's config) or ``call_on_ranks`` (call a
+    function); the one-line outcome goes to ``workdir/rank<r>.txt`` for the parent, which alone prints."""
     from trainforge.distributed import group as dist
-    from trainforge.run.train import run
 
     spec = json.loads(Path(spec_path).read_text())
     rank = env_rank()
-    if "call" in spec:  # launch.call_on_ranks: a function, rank 0's result returned
-        return _call(spec, rank, workdir)
+    try:
+        if "call" in spec:
+            _call(spec, rank, workdir)
+        else:
+            _train(spec)
+        return 0
+    except BaseException as e:  # noqa: BLE001 - every outcome is reported to the parent
+        return _report(e, rank, workdir)
+    finally:
+        dist.cleanup()
+
+
+def _train(spec: dict) -> None:
+    from omegaconf import OmegaConf
+
+    from trainforge.run.train import run
+
     cfg = OmegaConf.create(spec["config"])
     if spec["resume"]:
         cfg.resume = spec["resume"]
-    try:
-        with signals.deferred():  # a stop signal while starting waits for PreemptionHook.arm
-            signals.let_in()  # the parent started this rank with them held back
-            run(cfg, run_dir=spec["run_dir"], overrides=spec["overrides"], validated=True, sources=spec.get("sources"))
-        return 0
-    except BaseException as e:  # noqa: BLE001 - every outcome is reported to the parent
-        return _report(e, rank, workdir)
-    finally:
-        dist.cleanup()
+    with signals.deferred():  # a stop signal while starting waits for PreemptionHook.arm
+        signals.let_in()  # the parent started this rank with them held back
+        run(cfg, run_dir=spec["run_dir"], overrides=spec["overrides"], validated=True, sources=spec.get("sources"))
 
 
-def _call(spec: dict, rank: int, workdir: str) -> int:
-    """``module:function(**kwargs)`` in this rank; rank 0's result goes to ``result.json``."""
+def _call(spec: dict, rank: int, workdir: str) -> None:
+    """``module:function(**kwargs)`` (launch.call_on_ranks); rank 0's result goes to ``result.json``."""
     import importlib
 
-    from trainforge.distributed import group as dist
-
     module, _, name = spec["call"].partition(":")
-    try:
-        result = getattr(importlib.import_module(module), name)(**spec["kwargs"])
-        if rank == 0:
-            Path(workdir, "result.json").write_text(json.dumps(result, default=str))
-        return 0
-    except BaseException as e:  # noqa: BLE001 - every outcome is reported to the parent
-        return _report(e, rank, workdir)
-    finally:
-        dist.cleanup()
+    result = getattr(importlib.import_module(module), name)(**spec["kwargs"])
+    if rank == 0:
+        Path(workdir, "result.json").write_text(json.dumps(result, default=str))
 
 
 def _report(e: BaseException, rank: int, workdir: str) -> int:
