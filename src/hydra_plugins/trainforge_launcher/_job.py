@@ -20,15 +20,17 @@ class SweepJob:
     """
 
     def __init__(self, hydra_context, task_function, config, overrides: List[str], num: int,
-                 gpus: Optional[tuple], singleton_state: Dict[Any, Any]):
+                 gpus: Optional[tuple], singleton_state: Dict[Any, Any], env: Optional[dict] = None):
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
         self.overrides, self.num, self.gpus, self.singleton_state = list(overrides), num, gpus, singleton_state
+        self.env = dict(env or {})
 
     def __call__(self) -> dict:
         import submitit
 
         if self.gpus is not None:  # before anything can initialise CUDA in this process
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus)
+        os.environ.update(self.env)
         Singleton.set_state(self.singleton_state)
         setup_globals()
         env = submitit.JobEnvironment()

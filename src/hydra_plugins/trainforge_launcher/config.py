@@ -53,10 +53,46 @@ class SlurmConf:
     poll_s: float = 15.0  # how often the parent asks SLURM about its jobs
 
 
+def check_params(params: dict) -> None:
+    """The numbers of either launcher's config, before any job starts (a zero timeout
+    failed every job with a cut-off submitit error, a zero thread count crashed each job)."""
+    from trainforge.config.rules import at_least, fail, interval, positive
+
+    checks = {"timeout_min": positive, "poll_s": positive, "signal_delay_s": at_least(0),
+              "max_num_timeout": at_least(0), "stop_grace_s": interval(0), "threads_per_job": at_least(1),
+              "nodes": at_least(1), "tasks_per_node": at_least(1), "gpus_per_task": at_least(0),
+              "cpus_per_task": at_least(1), "mem_gb": at_least(1), "array_parallelism": at_least(1)}
+    for key, check in checks.items():
+        value = params.get(key)
+        problem = check(value) if value is not None else None
+        if problem:
+            raise fail(f"hydra.launcher.{key}", value, problem)
+
+
+@dataclass
+class SearchConf:
+    """``hydra/sweeper=search``: asynchronous Optuna over the local_gpus pool (docs/search.md)."""
+
+    _target_: str = "hydra_plugins.trainforge_launcher.search.SearchSweeper"
+    n_trials: int = 20
+    timeout: Optional[float] = None  # seconds: no new trial starts after it (running ones finish)
+    sampler: str = "tpe"  # tpe | random | grid
+    seed: Optional[int] = None
+    tpe_startup_trials: int = 10  # random trials before TPE models the space
+    pruner: str = "median"  # median | halving | none
+    warmup_epochs: int = 1  # epochs every trial runs before it may be pruned
+    startup_trials: int = 2  # trials that end before the median pruner prunes any
+    reduction_factor: int = 3  # halving: 1/reduction_factor of the trials go on at each rung
+    max_failure_rate: float = 0.5  # of n_trials: more failed trials stop the search
+    study_name: str = "search"
+    params: Dict[str, str] = field(default_factory=dict)  # key: choice(...) | range(...) | interval(...)
+
+
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(group="hydra/launcher", name="local_gpus", node=LocalGpusConf, provider="trainforge")
     cs.store(group="hydra/launcher", name="slurm", node=SlurmConf, provider="trainforge")
+    cs.store(group="hydra/sweeper", name="search", node=SearchConf, provider="trainforge")
 
 
 register()

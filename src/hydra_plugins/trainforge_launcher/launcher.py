@@ -12,13 +12,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf, open_dict
 
 from ._job import is_trainforge, varying
+from .config import check_params
 from ._session import drop_empty, kill_group, say, session_executor, terminate
 from ._slurm import LeaveNow, leave_message
 
@@ -42,22 +43,7 @@ class Entry:
     value: Any = None
     skipped: bool = False
     ret: Any = None  # a foreign app's JobReturn, as its job made it
-
-
-def check_params(params: dict) -> None:
-    """The numbers of either launcher's config, before any job starts (a zero timeout
-    failed every job with a cut-off submitit error, a zero thread count crashed each job)."""
-    from trainforge.config.rules import at_least, fail, interval, positive
-
-    checks = {"timeout_min": positive, "poll_s": positive, "signal_delay_s": at_least(0),
-              "max_num_timeout": at_least(0), "stop_grace_s": interval(0), "threads_per_job": at_least(1),
-              "nodes": at_least(1), "tasks_per_node": at_least(1), "gpus_per_task": at_least(0),
-              "cpus_per_task": at_least(1), "mem_gb": at_least(1), "array_parallelism": at_least(1)}
-    for key, check in checks.items():
-        value = params.get(key)
-        problem = check(value) if value is not None else None
-        if problem:
-            raise fail(f"hydra.launcher.{key}", value, problem)
+    env: Optional[dict] = None  # set in the job's process (a search's trial: which one it is)
 
 
 class _SubmititLauncher(Launcher):
@@ -174,7 +160,7 @@ class _SubmititLauncher(Launcher):
         from ._job import SweepJob
 
         return SweepJob(self.hydra_context, self.task_function, self.config, [*e.overrides, *extra], e.num,
-                        e.gpus, Singleton.get_state())
+                        e.gpus, Singleton.get_state(), e.env)
 
     # ---- job start and end ----------------------------------------------------------
     def started(self, e: Entry, where: str) -> None:
@@ -274,6 +260,13 @@ class LocalGpusLauncher(_SubmititLauncher):
     def _run(self, todo: List[Entry]) -> None:
         from collections import deque
 
+        queue = deque(todo)
+        self.run_queue(lambda: queue.popleft() if queue else None, f"{len(todo)} job(s)")
+
+    def run_queue(self, next_entry: Callable[[], Optional[Entry]], what: str,
+                  on_end: Callable[[Entry], None] = lambda e: None) -> None:
+        """Start ``next_entry()`` in each free slot (None: no more) until none is left or a
+        signal stops the sweep; ``on_end(e)`` after each job's end line (a search tells its study)."""
         from ._pool import Pool, cores, ids_as_ints, threads_per_job, visible_gpus
 
         p = self.params
@@ -281,12 +274,14 @@ class LocalGpusLauncher(_SubmititLauncher):
         pool = Pool(visible_gpus(), p["gpus_per_job"], p["jobs_per_gpu"], p["max_parallel"], n_cores)
         threads = p["threads_per_job"] or threads_per_job(n_cores, pool.max_parallel, p["gpus_per_job"])
         executor = session_executor(p["submitit_folder"], p["max_num_timeout"])
-        self.say(f"sweep: {len(todo)} job(s) -> {_rel(Path(str(self.config.hydra.sweep.dir)))}; "
-                 f"{pool.describe(threads)}")
-        queue, running = deque(todo), []
-        while running or (queue and not self.stop_signal):
-            while queue and pool.free() and not self.stop_signal:
-                e = queue.popleft()
+        self.say(f"sweep: {what} -> {_rel(Path(str(self.config.hydra.sweep.dir)))}; {pool.describe(threads)}")
+        running, more = [], True
+        while running or (more and not self.stop_signal):
+            while more and pool.free() and not self.stop_signal:
+                e = next_entry()
+                if e is None:
+                    more = False
+                    break
                 e.gpus = pool.take()
                 ints = ids_as_ints(e.gpus)
                 executor.update_parameters(timeout_min=p["timeout_min"], signal_delay_s=p["signal_delay_s"],
@@ -299,6 +294,7 @@ class LocalGpusLauncher(_SubmititLauncher):
                 running.remove(e)
                 pool.give_back(e.gpus)
                 self.finish(e)
+                on_end(e)
             if self.stop_signal and running:
                 self._stop(running)
             time.sleep(self.POLL_S)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 
+from trainforge.distributed import group as dist
 from trainforge.engine.logging import LOGGER, flatten
 from trainforge.engine.trainer import HookBase
 
@@ -89,3 +90,31 @@ class EarlyStopHook(HookBase):
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_epoch, self.waited = state["best"], state["best_epoch"], state["waited"]
+
+
+class PruneHook(HookBase):
+    """A search's trial (``hydra/sweeper=search``): after each validation, rank 0 reports
+    ``monitor`` to the study and asks its pruner; every rank learns the answer (one
+    all-reduce) and a pruned trial ends after this epoch (COMPLETED, ``stop_reason``
+    ``pruned``, its checkpoint kept). A resumed trial whose last checkpoint is of the epoch
+    that pruned it ends there again. Install where EarlyStopHook goes."""
+
+    def __init__(self, monitor: str, judge):
+        self.monitor, self.judge = monitor, judge  # judge(value, epoch) -> prune? (run/trial.py)
+
+    def before_train(self) -> None:
+        t = self.trainer
+        if t.history and not t.batch_in_epoch:
+            self._decide(t.history[-1])
+
+    def after_epoch(self) -> None:
+        self._decide(self.trainer.history[-1])
+
+    def _decide(self, record: dict) -> None:
+        t = self.trainer
+        value = flatten(record).get(self.monitor)
+        prune = dist.is_main() and value is not None and record["epoch"] < t.epochs and self.judge(value, record["epoch"])
+        if dist.any_rank(bool(prune)):
+            log.warning("Pruned after epoch %d of %d: %s=%.6g is behind the search's other trials at this epoch (%r)",
+                        record["epoch"], t.epochs, self.monitor, value, self.judge)
+            t.finish_early(f"pruned by the search at epoch {record['epoch']} ({self.monitor}={value:.6g})", "pruned")

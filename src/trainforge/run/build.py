@@ -27,6 +27,7 @@ from trainforge.engine.rng import seed_everything
 from trainforge.engine.trainer import GRAD_NORM_EVERY, BaseTrainer
 from trainforge.errors import ConfigError, TrainforgeError
 from trainforge.files import RunRecord
+from trainforge.run.trial import judge_from_env
 
 
 def instantiate(node, group: str | None = None, **kwargs):
@@ -306,6 +307,11 @@ def build_hooks(cfg, record, composed, device, val_loader, loss_fn, metrics, sch
 
         stop = cfg.trainer.early_stop
         hooks.append(EarlyStopHook(ck.monitor, ck.mode, stop.patience, stop.min_delta, stop.check_finite))
+    judge = judge_from_env()  # a search's trial: report each epoch, stop when the pruner says so
+    if judge is not None:
+        from trainforge.engine.stopping import PruneHook
+
+        hooks.append(PruneHook(ck.monitor, judge))
     ema_won = ema is not None and (validate_with == "ema" or ck.monitor.startswith("val_ema_"))
     manager = CheckpointManager(record, ck.save_freq, ck.keep_last_n, ck.top_k, ck.monitor, ck.mode,
                                 weights_kind="ema" if ema_won else "raw")
