@@ -349,9 +349,11 @@ def test_ctrl_c_under_torchrun_saves_the_run_records_75_and_torchrun_exits_1(env
 @pytest.mark.slow  # CI time: three runs of two ranks, three of one
 def test_a_resume_on_another_number_of_ranks_keeps_the_global_batch_and_the_weights(env, tmp_path):
     """2 ranks -> 1 and 1 -> 2 (gloo), digits without dropout (no per-rank randomness, no
-    batch statistics): the resumed run's weights are within 1e-5 of one process trained
-    straight through with the same global batch; a number of ranks that cannot share the
-    global batch is refused in one line."""
+    batch statistics): the resumed run's weights are within 1e-4 of one process trained
+    straight through with the same global batch (two ranks' averaged gradients round apart
+    from one batch's: 2e-5 after 90 Adam steps on an AVX-512 Xeon; a lost global batch or
+    optimizer state moves them by 1e-2); a number of ranks that cannot share the global
+    batch is refused in one line."""
     base = ["experiment=digits", "model.dropout=0", "scheduler=none", "log.progress=false"]  # LR apart from trainer.epochs
 
     def train(run, *args, check=True):
@@ -387,4 +389,4 @@ def test_a_resume_on_another_number_of_ranks_keeps_the_global_batch_and_the_weig
         assert (derived in (run / "training.log").read_text()) == (then == "2")
         got, want = weights(run), weights(straight)
         worst = max((got[k] - want[k]).abs().max().item() for k in want)
-        assert worst < 1e-5, (first, then, worst)
+        assert worst < 1e-4, (first, then, worst)

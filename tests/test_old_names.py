@@ -46,7 +46,16 @@ def test_a_run_made_before_the_move_resumes_bitwise_and_analyses(train, tmp_path
     train(f"resume={run}", "trainer.epochs=2")
     train(*MADE_WITH, "trainer.epochs=2", f"hydra.run.dir={tmp_path / 'straight'}")
     resumed, straight = _weights(run / "latest_checkpoint.pth"), _weights(tmp_path / "straight" / "latest_checkpoint.pth")
-    assert len(resumed) == len(straight) and all(torch.equal(a, b) for a, b in zip(resumed, straight))
+    assert len(resumed) == len(straight)
+    # The fixture's first epoch was computed on one CPU; another CPU's kernels (AVX-512, AMX) round
+    # differently. Where this machine reproduces that epoch bitwise, the resume must be bitwise too;
+    # elsewhere it must agree to float rounding (a state the old checkpoint failed to restore, such
+    # as the optimizer's moments or the sampler's position, moves weights by 1e-3 or more).
+    train(*MADE_WITH, "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'first'}")
+    same_cpu = all(torch.equal(a, b) for a, b in zip(_weights(FIXTURE / "latest_checkpoint.pth"),
+                                                      _weights(tmp_path / "first" / "latest_checkpoint.pth")))
+    worst = max((a - b).abs().max().item() for a, b in zip(resumed, straight))
+    assert worst == 0 if same_cpu else worst < 1e-5, (same_cpu, worst)
     rows = (run / "epoch_metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
     # keys added since the run was made, at their defaults, are no change of it (trainer.ema, ...)

@@ -68,7 +68,7 @@ class Search:
 
         seed, kind = self.params.get("seed"), self.params["sampler"]
         if kind == "grid":
-            return optuna.samplers.GridSampler(grid(self.space), seed=seed)
+            return _Grid(grid(self.space), seed=seed)
         if kind == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.params["tpe_startup_trials"])
@@ -170,6 +170,16 @@ class Search:
         if best is None:
             raise SweepFailed(f"search: no trial completed; summary: {_rel(self.sweep_dir / 'summary.csv')}")
         return best.value
+
+
+def _Grid(values: dict, seed):  # noqa: N802 - a class made when Optuna is imported
+    import optuna
+
+    class Grid(optuna.samplers.GridSampler):
+        def after_trial(self, study, trial, state, values) -> None:
+            """Nothing: the search asks no more than the grid holds (Optuna's own stop() works only inside optimize())."""
+
+    return Grid(values, seed=seed)
 
 
 def finite(value) -> bool:

@@ -40,6 +40,12 @@ class SearchSweeper(Sweeper):
                               f"{type(self.launcher).__name__}); a search on SLURM is not supported yet")
 
     def sweep(self, arguments: List[str]) -> Any:
+        from trainforge.errors import ConfigError
+
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise ConfigError("hydra/sweeper=search needs Optuna 5: pip install 'trainforge[search]'") from None
         from ._search import Search
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))

@@ -39,6 +39,8 @@ def analyze_sweep(path: Path, batch_metrics: bool, window: int | None, out=print
         jobs = f"{len(runs)} of {planned} job(s)" if planned and planned > len(runs) else f"{len(runs)} job(s)"
         out(f"Sweep: {path} - {jobs}, ranked by {monitor} ({mode})")
         out(shown.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+    for line in search_lines(path):
+        out(line)
     for _, row in table[table["status"].isin(["FAILED", "PREEMPTED", "RUNNING", "unknown"])].iterrows():
         out(f"Job {row['job']} ({row['overrides']}): {row['status']}" + (f" - {row['error']}" if row["error"] else ""))
     for run in runs:
@@ -51,6 +53,31 @@ def analyze_sweep(path: Path, batch_metrics: bool, window: int | None, out=print
         out("Note: no summary.csv (the sweep did not finish, or a job failed): jobs read from their directories")
     out(f"Wrote {path / 'comparison.csv'} and {len(files)} plot(s) in {path / 'plots'}")
     return {"table": table, "figures": figures, "files": files}
+
+
+def search_lines(path: Path) -> list:
+    """A search directory (``hydra/sweeper=search``): its study's trials and best params."""
+    journal = path / "optuna.journal"
+    if not journal.exists():
+        return []
+    try:
+        import optuna
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+    except ImportError:
+        return [f"Search: {journal} holds an Optuna study (pip install 'trainforge[search]' to read it)"]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    lines = []
+    for name in optuna.get_all_study_names(storage):
+        study = optuna.load_study(study_name=name, storage=storage)
+        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        counts = ", ".join(f"{states.count(s)} {w}" for s, w in
+                           (("COMPLETE", "complete"), ("PRUNED", "pruned"), ("FAIL", "failed"), ("RUNNING", "stopped")))
+        complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+        best = f"; best trial #{study.best_trial.number}: {study.best_trial.params}" if complete else ""
+        lines.append(f"Search '{name}' ({study.direction.name.lower()}): {len(states)} trial(s), {counts}{best}")
+    return lines
 
 
 def analyze_run(path: Path, batch_metrics: bool, window: int | None, out=print) -> dict:

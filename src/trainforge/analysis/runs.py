@@ -309,14 +309,17 @@ def sweep_runs(path: Path, batch_metrics: bool = False) -> list:
 
 def planned_jobs(path: Path) -> int | None:
     """How many jobs the sweep in ``path`` was started with, from its ``multirun.yaml``
-    (Hydra's basic sweeper: the product of the swept values); None when unknown."""
+    (Hydra's basic sweeper: the product of the swept values; a search: ``n_trials``); None
+    when unknown."""
     try:
         from hydra.core.override_parser.overrides_parser import OverridesParser
         from omegaconf import OmegaConf
 
         hydra = OmegaConf.load(path / "multirun.yaml").hydra
+        if str(hydra.sweeper.get("_target_", "")).endswith("SearchSweeper"):
+            return int(hydra.sweeper.n_trials)  # trainforge's search: its number of trials
         if not str(hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
-            return None  # a search (Optuna, ...) decides its trials as it goes
+            return None  # another search (Optuna, ...) decides its trials as it goes
         params = [f"{k}={v}" for k, v in (hydra.sweeper.get("params") or {}).items()]
         parsed = {o.key_or_group: o for o in OverridesParser.create().parse_overrides([*params, *hydra.overrides.task])}
         return math.prod(len(list(o.sweep_string_iterator())) for o in parsed.values() if o.is_sweep_override())
