@@ -21,9 +21,9 @@ from trainforge.run.trial import JOURNAL
 FAIL_LR = "1e9"  # Adam at this rate: a non-finite loss within a few steps
 
 
-def search(env, tmp_path, *args, wait=True, sweep_dir="sweep"):
+def search(env, tmp_path, *args, wait=True, sweep_dir="sweep", small=SMALL):
     one_thread = [] if "hydra/launcher=slurm" in args else ["hydra.launcher.threads_per_job=1"]
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "hydra/sweeper=search", *one_thread, *SMALL, *args,
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "hydra/sweeper=search", *one_thread, *small, *args,
            f"hydra.sweep.dir={tmp_path / sweep_dir}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if not wait:
@@ -129,7 +129,8 @@ def test_pruning_stops_a_bad_trial_at_an_epoch_boundary(env, tmp_path, devices):
     decides and both ranks stop at the same epoch."""
     r = search(env, tmp_path, "hydra.sweeper.sampler=grid", "hydra.sweeper.seed=5", "hydra.launcher.max_parallel=1",
                "optimizer.lr=choice(3e-3,1e-2,1e-7)", "trainer.epochs=5", "checkpoint.monitor=val_loss",
-               "checkpoint.mode=min", "hydra.sweeper.startup_trials=1", f"trainer.devices={devices}")
+               "checkpoint.mode=min", "hydra.sweeper.startup_trials=1", "hydra.sweeper.warmup_epochs=1",
+               f"trainer.devices={devices}")
     assert r.returncode == 0, r.stderr[-2000:]
     sweep = tmp_path / "sweep"
     rows = {row["optimizer.lr"]: row for row in summary(sweep)}
@@ -178,3 +179,31 @@ def test_sigterm_mid_search_and_the_same_command_completes_every_trial_once(env,
     started = {int(n) for n in re.findall(r"start +#(\d+)", again.stdout)}
     assert started.isdisjoint(finished) and set(stopped) <= started
     assert sorted(int(r["job"]) for r in summary(sweep)) == [0, 1, 2, 3]
+
+
+# the search docs/search.md walks through
+DIGITS_SPACE = ["experiment=digits", "optimizer.lr=tag(log, interval(3e-4, 3e-2))",
+                "optimizer.weight_decay=tag(log, interval(1e-6, 1e-2))", "model.channels=choice(16,32,48)",
+                "hydra.sweeper.n_trials=16", "hydra.sweeper.seed=0", "log.progress=false"]
+
+
+@pytest.mark.slow  # the digits preset once, then 16 trials of up to 15 epochs (about 2 minutes)
+def test_the_worked_search_matches_the_digits_preset_and_pruning_saves_epochs(env, tmp_path):
+    """docs/search.md's search (default TPE and median pruner) on one slot, so the pruner sees
+    the same finished trials on every machine: its best trial is at least as good as the
+    digits preset trained straight, and pruning saves >= 30% of the 16 x 15 epochs."""
+    preset = subprocess.run([sys.executable, str(ROOT / "train.py"), "experiment=digits", "trainer.threads=1",
+                             "log.progress=false", f"hydra.run.dir={tmp_path / 'preset'}"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert preset.returncode == 0, preset.stderr[-2000:]
+    preset_best = json.loads((tmp_path / "preset/status.json").read_text())["best"]["value"]
+    r = search(env, tmp_path, *DIGITS_SPACE, "hydra.launcher.max_parallel=1", small=[])
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = summary(tmp_path / "sweep")
+    s = study(tmp_path / "sweep")
+    assert len(rows) == 16 and s.direction.name == "MAXIMIZE"
+    assert s.best_value >= preset_best, (s.best_value, preset_best)
+    pruned = [row for row in rows if row["stop_reason"] == "pruned"]
+    assert pruned and all(int(row["epochs"]) < 15 for row in pruned)
+    run = sum(epochs_of(tmp_path / "sweep" / row["job"])[-1] for row in rows)
+    assert run <= 0.7 * 16 * 15, run

@@ -80,8 +80,8 @@ class SearchConf:
     seed: Optional[int] = None
     tpe_startup_trials: int = 10  # random trials before TPE models the space
     pruner: str = "median"  # median | halving | none
-    warmup_epochs: int = 1  # epochs every trial runs before it may be pruned
-    startup_trials: int = 2  # trials that end before the median pruner prunes any
+    warmup_epochs: int = 2  # epochs every trial runs before it may be pruned
+    startup_trials: int = 4  # trials that end before the median pruner prunes any
     reduction_factor: int = 3  # halving: 1/reduction_factor of the trials go on at each rung
     max_failure_rate: float = 0.5  # of n_trials: more failed trials stop the search
     study_name: str = "search"

@@ -27,9 +27,9 @@ def make_pruner(spec: dict):
     build the same one (Optuna keeps no pruner in its storage)."""
     import optuna
 
-    kind, first = spec.get("pruner", "median"), spec.get("warmup_epochs", 1) + 1  # the first epoch it may prune
+    kind, first = spec.get("pruner", "median"), spec.get("warmup_epochs", 2) + 1  # the first epoch it may prune
     if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=spec.get("startup_trials", 2), n_warmup_steps=first)
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.get("startup_trials", 4), n_warmup_steps=first)
     if kind == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=spec.get("reduction_factor", 3))
     return optuna.pruners.NopPruner()
