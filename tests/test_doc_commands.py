@@ -105,6 +105,15 @@ HOW = {
     "python benchmarks/bench_dry_batch.py --json docs/benchmarks/dry_batch_cpu.json": HERE,
     "python benchmarks/bench_ema.py --rounds 9 --steps 20 --json docs/benchmarks/ema_cpu.json": HERE,
     "python benchmarks/bench_sharded_val.py --rounds 7 --json docs/benchmarks/sharded_val_cpu.json": HERE,
+    # docs/search.md
+    "trainforge -m hydra/sweeper=search 'optimizer.lr=tag(log, interval(1e-4, 1e-1))' 'model.base_channels=choice(8,16)'":
+        HERE,
+    "trainforge -m hydra/sweeper=search experiment=digits 'optimizer.lr=tag(log, interval(3e-4, 3e-2))' "
+    "'optimizer.weight_decay=tag(log, interval(1e-6, 1e-2))' 'model.channels=choice(16,32,48)' "
+    "hydra.sweeper.n_trials=16 hydra.sweeper.seed=0":
+        "tests/test_search.py::test_the_worked_search_matches_the_digits_preset_and_pruning_saves_epochs",
+    "python benchmarks/bench_search.py --json docs/benchmarks/search_cpu.json":
+        "tests/test_search.py::test_bench_search_prints_its_figures",
     # docs/after-training.md
     "trainforge eval RUN": f"{EV}::test_eval_of_best_latest_and_an_epoch_gives_the_values_training_recorded",
     "trainforge eval RUN ckpt=latest": f"{EV}::test_eval_of_best_latest_and_an_epoch_gives_the_values_training_recorded",
@@ -253,6 +262,8 @@ def concrete(command: str, request) -> tuple:
         argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
     if argv[0] == "pytest":
         return [sys.executable, "-m", "pytest", *argv[1:], "-q", "-n", "0", "--co"], extra_env
+    if "hydra/sweeper=search" in text:
+        shrink = [*shrink, "hydra.sweeper.n_trials=3"]
     if _training_in(argv) and not {"--help", "--cfg"} & set(argv) and "..." not in command:
         argv += shrink
     if argv[1:2] == ["-m"] and argv[2:3] == ["trainforge.analyze"]:

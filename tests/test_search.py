@@ -207,3 +207,19 @@ def test_the_worked_search_matches_the_digits_preset_and_pruning_saves_epochs(en
     assert pruned and all(int(row["epochs"]) < 15 for row in pruned)
     run = sum(epochs_of(tmp_path / "sweep" / row["job"])[-1] for row in rows)
     assert run <= 0.7 * 16 * 15, run
+
+
+@pytest.mark.slow  # 8 small trials, then the same 8 two at a time
+def test_bench_search_prints_its_figures(env, tmp_path):
+    """benchmarks/bench_search.py on small data: it prints each case's figures; the busy
+    fraction is a share and both wall times are positive."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_search.py"), "--small", "--long", "2",
+                           "--json", str(tmp_path / "search.json")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads((tmp_path / "search.json").read_text())["figures"]
+    assert figures["search"]["trials"] == 8 and 0 < figures["search"]["busy_fraction"] <= 1
+    assert figures["batch_synchronous"]["wall_s"] > 0 and figures["ratio"]["search_wall_over_batch_wall"] > 0
+    order = re.search(r"^trial order \(epochs\): ([12 ]+)$", proc.stdout, re.M).group(1).split()
+    assert sorted(order) == ["1"] * 4 + ["2"] * 4
+    assert re.search(r"^search trials=8 slots=2 busy_fraction=", proc.stdout, re.M)
