@@ -40,6 +40,7 @@ def _weights(path) -> list:
     return list(torch.load(path, weights_only=True)["model"].values())
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it (the fast suite keeps under 5 minutes on 2 cores)
 def test_a_run_made_before_the_move_resumes_bitwise_and_analyses(train, tmp_path):
     run = tmp_path / "old_run"
     shutil.copytree(FIXTURE, run)

@@ -185,6 +185,7 @@ def test_validation_is_the_sample_weighted_mean_in_eval_mode(compose_cfg, tmp_pa
     assert trainer.val_metrics["accuracy"] == (output.argmax(1) == target).double().mean().item()
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it (the fast suite keeps under 5 minutes on 2 cores)
 def test_epoch_grad_norm_is_the_mean_of_its_measured_windows(train_here, tmp_path):
     """Without per-batch metrics the norm is measured on windows 0, 16, 32, ... of each epoch
     (the same training: measuring changes no gradient); save_optimizer=false leaves it out."""
@@ -208,6 +209,7 @@ def test_bf16_autocast_trains_on_cpu(make_trainer):
     assert math.isfinite(trainer.history[-1]["train"]["loss"]) and trainer.step == trainer.batches_per_epoch
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it (the fast suite keeps under 5 minutes on 2 cores)
 def test_fp16_overflow_skips_step_and_scheduler_then_recovers(make_trainer):
     trainer = make_trainer("trainer.precision=fp16", "scheduler=cosine", "data.batch_size=4", "trainer.device=cpu")
     scaler = trainer.precision.scaler

@@ -144,6 +144,7 @@ def test_a_required_argument_left_out_is_named(project):
         "or with +model.width=VALUE"), proc.stderr
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it (the fast suite keeps under 5 minutes on 2 cores)
 def test_the_dry_batch_changes_nothing(project):
     """BatchNorm buffers and dropout's draws: with and without the dry batch, the same weights, bitwise."""
     runs = {}

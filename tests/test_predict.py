@@ -47,6 +47,7 @@ def test_class_predictions_of_the_best_checkpoint_give_its_recorded_accuracy(tra
     assert again.returncode == 2 and f"out={out}: exists already" in again.stderr  # nothing overwritten
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it (the fast suite keeps under 5 minutes on 2 cores)
 def test_dense_predictions_go_to_hdf5_for_a_split_or_a_file(train, data_dir, tmp_path):
     run = tmp_path / "glint"
     train(*SMALL, "trainer.epochs=1", f"hydra.run.dir={run}")

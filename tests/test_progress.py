@@ -69,6 +69,7 @@ def test_terminal_shows_a_progress_bar_and_no_batch_lines(env, tmp_path):
     assert "%|" not in log  # the bar never reaches training.log
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it (the fast suite keeps under 5 minutes on 2 cores)
 def test_piped_lines_tensorboard_and_resume(train, tmp_path):
     """Piped stdout (not a terminal): batch lines from the first batch of each epoch, then
     every log.interval; TensorBoard holds the CSVs' values, once each, also after a resume."""

@@ -207,6 +207,7 @@ def test_resume_from_truncated_file_is_one_line(train, train_here, tmp_path):
     assert proc.returncode != 0 and len(err) == 1 and str(bad) in err[0] and "truncated" in err[0]
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it (the fast suite keeps under 5 minutes on 2 cores)
 def test_config_drift_is_refused_unless_forced(train, train_here, tmp_path):
     run = tmp_path / "run"
     train_here(run, *QUICK, "trainer.epochs=1")

@@ -79,6 +79,7 @@ def test_resume_falls_back_to_best_model_when_the_others_are_invalid(train_here,
     assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())] == [1, 2]
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it (the fast suite keeps under 5 minutes on 2 cores)
 def test_a_resume_that_changes_the_lr_trains_on_with_the_new_one(train_here, tmp_path):
     """optimizer.lr is an allowed change on resume: the next updates use it (the
     checkpoint's optimizer and schedule had stored the old one), in every group's proportion,

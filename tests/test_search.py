@@ -90,6 +90,7 @@ def test_a_search_that_cannot_run_is_refused_in_one_line(env, tmp_path, args, li
 
 
 # ---- trials --------------------------------------------------------------------------
+@pytest.mark.slow  # CI time: .ci/run runs it (the fast suite keeps under 5 minutes on 2 cores)
 def test_a_failing_trial_is_failed_and_the_search_goes_on_with_the_objective_of_the_run(env, tmp_path):
     """Two trials at once; the non-finite one fails, the search completes (exit 0) and its
     best trial is the one with the highest val_dice (checkpoint.mode=max: maximize)."""
@@ -112,6 +113,7 @@ def test_a_failing_trial_is_failed_and_the_search_goes_on_with_the_objective_of_
     assert (tmp_path / "sweep/plots/search_history.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it (the fast suite keeps under 5 minutes on 2 cores)
 def test_more_failures_than_max_failure_rate_stop_the_search(env, tmp_path):
     r = search(env, tmp_path, "hydra.sweeper.sampler=grid", f"optimizer.lr=choice({FAIL_LR},2e9,3e9)",
                "trainer.epochs=1", "hydra.launcher.max_parallel=1", "hydra.sweeper.max_failure_rate=0.3")

@@ -226,6 +226,7 @@ def guarded(main) -> None:
     if not (full or multirun):  # a single run's failure needs no "Error executing job" preamble
         sys.stderr = _DropPreamble(stderr)
     try:
+        no_credentials(sys.argv[1:])
         main()
     except KeyboardInterrupt:
         sys.exit(130)
@@ -262,6 +263,19 @@ def guarded(main) -> None:
         sys.exit(getattr(exc, "exit_code", 2))
     finally:
         sys.stderr = stderr
+
+
+def no_credentials(argv) -> None:
+    """A URI with ``user:secret@`` in an override is refused before Hydra records the
+    overrides in ``.hydra/`` (the value shown without it)."""
+    from trainforge.config.rules import fail
+
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and re.search(r"://[^/@\s]+@", value):
+            raise fail(key.lstrip("+~"), value, "no credentials on the command line (Hydra records every override): "
+                       "set them in the environment (MLflow: MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, "
+                       "or MLFLOW_TRACKING_TOKEN)")
 
 
 def yaml_syntax_error(exc: BaseException):

@@ -43,6 +43,7 @@ BEST_WEIGHTS = "best_model_weights.pt"
 EPOCH_DIR = "checkpoints"
 INDEX = "checkpoints/index.json"
 TENSORBOARD = "tensorboard"
+MLFLOW = "mlflow.json"
 HYDRA_DIR = ".hydra"
 PLOTS = "plots"
 PROVENANCE = "provenance.json"
@@ -67,6 +68,7 @@ RUN_DIR_FILES = {
     BEST_WEIGHTS: "the best epoch's model state_dict alone (for model.init_weights)",
     EPOCH_DIR: "checkpoint_epoch_NNN.pth every checkpoint.save_freq epochs, and index.json",
     TENSORBOARD: "TensorBoard event files (log.tensorboard=true)",
+    MLFLOW: "the run's MLflow run: tracking URI, experiment, run id (log.mlflow=true)",
     PLOTS: "figures written by python -m trainforge.analyze",
     LOCK: "the run lock: held by the process training in the directory",
     PROVENANCE: "where the run came from: command, code (git or version), versions, packages, host, data files",
@@ -284,12 +286,16 @@ def publish(src: Path, dst: Path) -> None:
 
 
 # ---- the status record -------------------------------------------------------------------
-def read_status(run_dir) -> dict:
-    """``status.json`` of ``run_dir`` as a dict ({} when it is missing or unreadable)."""
+def read_json(path) -> dict:
+    """A JSON file as a dict ({} when it is missing or unreadable)."""
     try:
-        return json.loads((Path(run_dir) / STATUS).read_text())
+        return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def read_status(run_dir) -> dict:
+    return read_json(Path(run_dir) / STATUS)
 
 
 def write_status(run_dir: Path, status: str, **fields) -> None:
@@ -330,6 +336,7 @@ class RunRecord:
 
     def __init__(self, run_dir, writes: bool = True):
         self.run_dir, self.writes = Path(run_dir), writes
+        self.watchers: list = []  # watcher(status, fields) after each status written (a tracker)
 
     @classmethod
     def of(cls, where) -> "RunRecord":
@@ -339,10 +346,16 @@ class RunRecord:
     def status(self, status: str, **fields) -> None:
         if self.writes:
             write_status(self.run_dir, status, **fields)
+            self._tell(status, fields)
 
     def final_status(self, status: str, **fields) -> None:
         if self.writes:
             write_final_status(self.run_dir, status, **fields)
+            self._tell(status, fields)
+
+    def _tell(self, status: str, fields: dict) -> None:
+        for watcher in self.watchers:
+            watcher(status, fields)
 
     def write(self, name: str, fill) -> None:
         """``name`` atomically, ``fill(file)`` writing its bytes."""

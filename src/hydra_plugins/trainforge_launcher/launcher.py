@@ -159,8 +159,9 @@ class _SubmititLauncher(Launcher):
 
         from ._job import SweepJob
 
+        env = {**getattr(getattr(self, "tracked", None), "env", {}), **(e.env or {})}
         return SweepJob(self.hydra_context, self.task_function, self.config, [*e.overrides, *extra], e.num,
-                        e.gpus, Singleton.get_state(), e.env)
+                        e.gpus, Singleton.get_state(), env)
 
     # ---- job start and end ----------------------------------------------------------
     def started(self, e: Entry, where: str) -> None:
@@ -267,7 +268,7 @@ class LocalGpusLauncher(_SubmititLauncher):
                   on_end: Callable[[Entry], None] = lambda e: None) -> None:
         """Start ``next_entry()`` in each free slot (None: no more) until none is left or a
         signal stops the sweep; ``on_end(e)`` after each job's end line (a search tells its study)."""
-        from ._pool import Pool, cores, ids_as_ints, threads_per_job, visible_gpus
+        from ._pool import Pool, cores, threads_per_job, visible_gpus
 
         p = self.params
         n_cores = cores()
@@ -275,13 +276,25 @@ class LocalGpusLauncher(_SubmititLauncher):
         threads = p["threads_per_job"] or threads_per_job(n_cores, pool.max_parallel, p["gpus_per_job"])
         executor = session_executor(p["submitit_folder"], p["max_num_timeout"])
         self.say(f"sweep: {what} -> {_rel(Path(str(self.config.hydra.sweep.dir)))}; {pool.describe(threads)}")
-        running, more = [], True
+        running, self.tracked = [], None
+        try:
+            self._queue(next_entry, on_end, pool, executor, threads, running)
+        finally:
+            if self.tracked is not None:
+                self.tracked.end(stopped=bool(self.stop_signal) or bool(running))
+
+    def _queue(self, next_entry, on_end, pool, executor, threads, running) -> None:
+        from ._pool import ids_as_ints
+        from ._tracking import SweepRun
+
+        p, more = self.params, True
         while running or (more and not self.stop_signal):
             while more and pool.free() and not self.stop_signal:
                 e = next_entry()
                 if e is None:
                     more = False
                     break
+                self.tracked = self.tracked or SweepRun(self, e.overrides)  # MLflow's sweep run, if asked for
                 e.gpus = pool.take()
                 ints = ids_as_ints(e.gpus)
                 executor.update_parameters(timeout_min=p["timeout_min"], signal_delay_s=p["signal_delay_s"],
@@ -295,6 +308,7 @@ class LocalGpusLauncher(_SubmititLauncher):
                 pool.give_back(e.gpus)
                 self.finish(e)
                 on_end(e)
+                self.tracked.ended(e)
             if self.stop_signal and running:
                 self._stop(running)
             time.sleep(self.POLL_S)

@@ -7,7 +7,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from trainforge.files import COLLAPSE_CSV, TRAINING_LOG, read_status
+from trainforge.files import COLLAPSE_CSV, MLFLOW, TRAINING_LOG, read_json, read_status
 
 
 SUMMARY = "summary.csv"
@@ -32,6 +32,9 @@ def job_row(job, overrides: str, run_dir, status=None, error="", log="", gpus=""
         row["collapse"] = collapse_suspected(Path(run_dir))
     row.update(gpus=gpus, run_dir=str(run_dir), error=error or record.get("error", ""),
                log=log if row["status"] not in ("COMPLETED", "SKIPPED") else "")
+    tracked = read_json(Path(run_dir) / MLFLOW)  # log.mlflow=true: the job's MLflow run
+    if tracked.get("run_id"):
+        row["mlflow_run_id"] = tracked["run_id"]
     final = record.get("final") or {}
     row.update({f"train_{k}": v for k, v in final.get("train", {}).items()})
     row.update({f"val_{k}": v for k, v in final.get("val", {}).items()})
@@ -55,7 +58,7 @@ def table(rows: list, shown: dict) -> str:
     import pandas as pd
 
     best = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("best_") and k != "best_epoch"]
-    flags = [k for k in ("stop_reason", "collapse") if any(k in r for r in rows)]
+    flags = [k for k in ("stop_reason", "collapse", "mlflow_run_id") if any(k in r for r in rows)]
     frame = pd.DataFrame([{"job": r["job"], "overrides": shown.get(r["job"], r["overrides"]), "status": r["status"],
                            **{k: r.get(k) for k in best}, "epochs": r.get("epochs"), **{k: r.get(k) for k in flags},
                            "run_dir": relative(r["run_dir"])} for r in rows])

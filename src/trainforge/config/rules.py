@@ -197,7 +197,9 @@ def _show(value) -> str:
         value = OmegaConf.to_container(value)
     if isinstance(value, list):
         return "[" + ",".join(map(str, value)) + "]"
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else str(value).lower()
+    return re.sub(r"(://)[^/@\s]+@", r"\1***@", str(value))  # a URI's user:secret@ is never shown
 
 
 def fail(key: str, value, allowed: str) -> ConfigError:

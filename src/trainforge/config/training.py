@@ -106,6 +106,13 @@ class LogConf:
     batch_metrics: bool = False  # true: batch_metrics.csv with one row per batch
     tensorboard: bool = False  # true: scalars in <run_dir>/tensorboard/ (needs the tensorboard extra)
     progress: str = "auto"  # auto | bar | lines | false (true = auto); training.log is the same either way
+    mlflow: bool = False  # true: one MLflow run per run (needs the mlflow extra; docs/tracking.md)
+    mlflow_uri: Optional[str] = opt(None, matches(r"[^@]*", "no credentials in it (they would be recorded): set "
+                                                    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or "
+                                                    "MLFLOW_TRACKING_TOKEN"))  # null: sqlite:///<cwd>/mlflow.db
+    mlflow_experiment: Optional[str] = None  # null: the experiment option (else "trainforge")
+    mlflow_log_model: bool = False  # true: best_model_weights.pt as an artifact at the end
+    mlflow_wait_s: float = opt(30.0, at_least(0, integer=False))  # at the end, seconds queued MLflow calls get to finish
 
 
 @dataclass

@@ -319,9 +319,25 @@ def build_hooks(cfg, record, composed, device, val_loader, loss_fn, metrics, sch
     checkpointer = CheckpointHook(manager, OmegaConf.to_yaml(cfg, resolve=True), ck.save_optimizer,
                                   ck.every_n_steps, overrides, sources, ema.weights if ema_won else None)
     hooks += [checkpointer, PreemptionHook(checkpointer)]
+    if cfg.log.mlflow and record.writes:  # after the checkpoints: an epoch goes out once it is saved
+        hooks.append(tracking_hook(cfg, record, logs))
     if cfg.trainer.compile:
         hooks.append(CompileReport())
     return hooks
+
+
+def tracking_hook(cfg, record, logs):
+    """``log.mlflow=true``: the run's MLflow run (engine/tracking.py), fed from LoggingHook."""
+
+    from trainforge.engine import tracking
+
+    logger = next(h for h in logs if isinstance(h, LoggingHook))
+    where = tracking.settings(cfg.log, tracking.experiment_option(record.run_dir), os.getcwd(),
+                              tracking.recorded(record.run_dir).get("uri"))
+    params = tracking.flat_params(OmegaConf.to_container(cfg, resolve=True))
+    run_dir = record.run_dir
+    name = f"{run_dir.parent.name}/{run_dir.name}" if os.environ.get(tracking.PARENT_ENV) else run_dir.name
+    return tracking.MlflowHook(record, where, params, logger, cfg.log, name)
 
 
 def build_ema(node, model):
