@@ -114,6 +114,11 @@ HOW = {
         "tests/test_search.py::test_the_worked_search_matches_the_digits_preset_and_pruning_saves_epochs",
     "python benchmarks/bench_search.py --json docs/benchmarks/search_cpu.json":
         "tests/test_search.py::test_bench_search_prints_its_figures",
+    # docs/tracking.md
+    "trainforge experiment=digits log.mlflow=true": HERE,
+    "trainforge -m loss=focal,hybrid log.mlflow=true": HERE,
+    "python benchmarks/bench_mlflow.py --rounds 5 --epochs 4 --json docs/benchmarks/mlflow_cpu.json":
+        "tests/test_mlflow.py::test_bench_mlflow_prints_its_figures",
     # docs/after-training.md
     "trainforge eval RUN": f"{EV}::test_eval_of_best_latest_and_an_epoch_gives_the_values_training_recorded",
     "trainforge eval RUN ckpt=latest": f"{EV}::test_eval_of_best_latest_and_an_epoch_gives_the_values_training_recorded",

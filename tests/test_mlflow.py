@@ -79,6 +79,7 @@ def test_a_run_is_one_mlflow_run_with_its_config_epochs_batches_and_status(env, 
     run = tmp_path / "run"
     train(env, tmp_path, "trainer.epochs=3", "log.batch_metrics=true", "log.interval=2", f"hydra.run.dir={run}")
     client = store(tmp_path)
+    batch_table = rows(run / "batch_metrics.csv")
     (found,) = runs_of(client)
     run_id = found.info.run_id
     assert found.info.status == "FINISHED" and found.data.tags["trainforge.status"] == "COMPLETED"
@@ -87,13 +88,20 @@ def test_a_run_is_one_mlflow_run_with_its_config_epochs_batches_and_status(env, 
     assert found.data.tags.get("mlflow.source.git.commit") == commit
     assert found.data.params == flat_params(OmegaConf.to_container(OmegaConf.load(run / "config.yaml")))
     assert_epochs_once(client, run_id, run)
-    batches = [r for r in rows(run / "batch_metrics.csv") if int(r["batch"]) % 2 == 0]
-    per_epoch = max(int(r["batch"]) for r in rows(run / "batch_metrics.csv"))
+    batches = [r for r in batch_table if int(r["batch"]) % 2 == 0]
+    per_epoch = max(int(r["batch"]) for r in batch_table)
     assert history(client, run_id, "batch_loss") == [
         ((int(r["epoch"]) - 1) * per_epoch + int(r["batch"]), float(r["loss"])) for r in batches]
     assert json.loads((run / "mlflow.json").read_text())["run_id"] == run_id
     assert load_checkpoint(run / "latest_checkpoint.pth")["mlflow"]["run_id"] == run_id
     assert {a.path for a in client.list_artifacts(run_id)} == {"config.yaml", "provenance.json"}
+    train(env, tmp_path, f"resume={run}", "trainer.epochs=4", base=False)  # one more epoch, in the same MLflow run
+    (again,) = runs_of(client)
+    assert again.info.run_id == run_id and again.data.tags["changed_on_resume.trainer.epochs"] == "3 -> 4"
+    assert_epochs_once(client, run_id, run)
+    analysed = subprocess.run([sys.executable, "-m", "trainforge", "analyze", str(run)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert f"MLflow: run {run_id} in experiment trainforge at sqlite:///{tmp_path}/mlflow.db" in analysed.stdout
 
     failed = tmp_path / "failed"
     train(env, tmp_path, "optimizer.lr=1e9", f"hydra.run.dir={failed}", rc=2)  # a non-finite loss: FAILED
@@ -104,7 +112,7 @@ def test_a_run_is_one_mlflow_run_with_its_config_epochs_batches_and_status(env, 
 
 
 @pytest.mark.slow  # two runs stopped mid-epoch and resumed
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_a_run_stopped_and_resumed_is_one_mlflow_run_with_each_epoch_once(env, tmp_path, sig):
     run, args = tmp_path / "run", ["data.num_samples=480", "trainer.epochs=3", "checkpoint.every_n_steps=4"]
     proc = start(env, tmp_path, *args, f"hydra.run.dir={run}")
@@ -150,6 +158,7 @@ def test_a_sweep_is_a_parent_run_with_one_nested_run_per_job(env, tmp_path):
     assert sorted(r.info.run_name for r in jobs) == [f"sweep/{n}" for n in range(4)]
     table = rows(tmp_path / "sweep" / "summary.csv")
     assert sorted(r["mlflow_run_id"] for r in table) == sorted(r.info.run_id for r in jobs)
+    assert all(r.info.run_id in proc.stdout for r in jobs)  # the sweep table's mlflow_run_id column
 
 
 @pytest.mark.slow  # a run plus the wait for a server that never answers
@@ -169,3 +178,16 @@ def test_a_tracking_server_that_never_answers_costs_one_warning(env, tmp_path):
     assert json.loads((run / "status.json").read_text())["status"] == "COMPLETED"
     assert len(rows(run / "epoch_metrics.csv")) == 2
     assert sum("MLflow" in ln for ln in (run / "training.log").read_text().splitlines()) == 1
+
+
+@pytest.mark.slow  # an MLflow server, a proxy, two small runs
+def test_bench_mlflow_prints_its_figures(env, tmp_path):
+    """benchmarks/bench_mlflow.py on small data: both speeds and their ratio are positive and
+    every batch of the MLflow run reached the (slowed) server."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench_mlflow.py"), "--small", "--rounds", "1",
+                           "--epochs", "1", "--json", str(tmp_path / "mlflow.json")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads((tmp_path / "mlflow.json").read_text())["figures"]
+    assert figures["mlflow_on"]["steps_per_s_median"] > 0 and figures["ratio"]["on_over_off_median"] > 0
+    assert figures["ratio"]["batch_metrics_sent_per_run"] == [10]  # 160 samples, 80% to train, batch 16

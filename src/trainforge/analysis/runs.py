@@ -12,8 +12,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainforge.files import (BATCH_CSV, COLLAPSE_CSV, COLLAPSE_WARNING, CONFIG, EPOCH_CSV, METRICS_JSON, STATUS,
-                              TRAINING_LOG, process_ended)
+from trainforge.files import (BATCH_CSV, COLLAPSE_CSV, COLLAPSE_WARNING, CONFIG, EPOCH_CSV, METRICS_JSON, MLFLOW,
+                              STATUS, TRAINING_LOG, process_ended, read_json)
 
 RUN_FILES = (EPOCH_CSV, METRICS_JSON, BATCH_CSV, STATUS, TRAINING_LOG)
 BATCH_LINE = re.compile(r"Epoch \[(\d+)/(\d+)\] - Progress [\d.]+% \((\d+)/(\d+)\)")
@@ -247,6 +247,7 @@ def summary(run: Run) -> dict:
     if "gpu_mem_peak_gib" in e:
         facts["gpu_mem_peak_gib"] = float(e["gpu_mem_peak_gib"].max())
     facts["resumes"], last = _log_facts(run.path)
+    facts["mlflow"] = read_json(run.path / MLFLOW)  # log.mlflow=true: its MLflow run
     if facts["status"] == "RUNNING" and last:
         facts["position"] = "epoch {}/{}, batch {}/{}".format(*last)
     return facts
@@ -272,6 +273,9 @@ def format_summary(f: dict) -> str:
                      f"(min {t['min_s']:.2f}, max {t['max_s']:.2f})")
     if f.get("gpu_mem_peak_gib") is not None:
         lines.append(f"Peak GPU memory: {f['gpu_mem_peak_gib']:.2f} GiB")
+    if (f.get("mlflow") or {}).get("run_id"):
+        m = f["mlflow"]
+        lines.append(f"MLflow: run {m['run_id']} in experiment {m.get('experiment')} at {m.get('uri')}")
     lines += [f"Note: {n}" for n in f["notes"]]
     lines += [f"Missing: {m}" for m in f["missing"]]
     lines += [f"Warning: {w}" for w in f["warnings"]]

@@ -100,6 +100,10 @@ class PlateauConf:
 
 
 # ---- single-option groups -------------------------------------------------------------
+NO_CREDENTIALS = matches(r"[^@]*", "a URI without user:secret@ (they would be recorded): set MLFLOW_TRACKING_USERNAME "
+                         "and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN")
+
+
 @dataclass
 class LogConf:
     interval: int = opt(1, at_least(1))  # stdout batch line every `interval` batches; training.log gets every batch
@@ -107,9 +111,7 @@ class LogConf:
     tensorboard: bool = False  # true: scalars in <run_dir>/tensorboard/ (needs the tensorboard extra)
     progress: str = "auto"  # auto | bar | lines | false (true = auto); training.log is the same either way
     mlflow: bool = False  # true: one MLflow run per run (needs the mlflow extra; docs/tracking.md)
-    mlflow_uri: Optional[str] = opt(None, matches(r"[^@]*", "no credentials in it (they would be recorded): set "
-                                                    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or "
-                                                    "MLFLOW_TRACKING_TOKEN"))  # null: sqlite:///<cwd>/mlflow.db
+    mlflow_uri: Optional[str] = opt(None, NO_CREDENTIALS)  # null: MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
     mlflow_experiment: Optional[str] = None  # null: the experiment option (else "trainforge")
     mlflow_log_model: bool = False  # true: best_model_weights.pt as an artifact at the end
     mlflow_wait_s: float = opt(30.0, at_least(0, integer=False))  # at the end, seconds queued MLflow calls get to finish

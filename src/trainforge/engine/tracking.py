@@ -35,14 +35,15 @@ log = logging.getLogger(LOGGER)
 PARENT_ENV = "TRAINFORGE_MLFLOW_PARENT"  # a sweep job's parent run (set by the local_gpus launcher)
 ENDS = {"COMPLETED": "FINISHED", "FAILED": "FAILED", "PREEMPTED": "KILLED"}
 BATCH = 1000  # metrics per log_batch call (MLflow's limit)
+FLUSH_S = 1.0  # batch metrics go to the tracker about once a second (a call per batch would cost both ends)
 PARAMS = 100  # params per log_batch call (MLflow's limit)
 PARAM_LEN = 6000  # characters of a param value MLflow keeps
 
 
 def settings(log_cfg, experiment_option, cwd, resumed_uri=None) -> dict:
-    """Where a run's MLflow run goes: ``uri`` (``log.mlflow_uri``; default one sqlite database
-    per project, ``sqlite:///<cwd>/mlflow.db``, artifacts in ``<cwd>/mlartifacts``; then
-    ``MLFLOW_TRACKING_URI``, then the URI a resumed run was tracked at), ``experiment``
+    """Where a run's MLflow run goes: ``uri`` (``log.mlflow_uri``, else ``MLFLOW_TRACKING_URI``,
+    else the URI a resumed run was tracked at, else one sqlite database per project:
+    ``sqlite:///<cwd>/mlflow.db``, artifacts in ``<cwd>/mlartifacts``) and ``experiment``
     (``log.mlflow_experiment``, else the experiment option, else trainforge)."""
     if importlib.util.find_spec("mlflow") is None:
         raise ConfigError("log.mlflow=true: the mlflow package is not installed; "
@@ -92,14 +93,16 @@ def patient(fn, *args, **kwargs):
 class Tracker:
     """MLflow calls, in order, on one daemon thread. ``put(fn, *args)`` queues
     ``fn(tracker, *args)`` (``tracker.client`` is the MlflowClient); ``metrics(items)`` queues
-    (key, value, step) triples, sent in batches of up to 1000. The first failure is one
-    warning; later calls are dropped."""
+    (key, value, step) triples (MlflowHook hands them over about once a second), sent in
+    calls of up to 1000.
+    The first failure is one warning; later calls are dropped."""
 
     END = ("end",)
 
     def __init__(self, uri: str):
         self.uri, self.client, self.broken = uri, None, False
         self.run_id, self.floor, self.made = None, {}, threading.Event()  # floor: key -> last step MLflow has
+        self.ready = threading.Event()  # MLflow imported (seconds of Python): wait for it before training
         self.jobs: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="trainforge-mlflow", daemon=True)
         self.thread.start()
@@ -122,6 +125,8 @@ class Tracker:
         return not self.broken
 
     def _work(self) -> None:
+        self._call(_connect, ())
+        self.ready.set()
         after = None  # a job taken from the queue while joining metrics
         while True:
             job, after = (after or self.jobs.get()), None
@@ -137,7 +142,7 @@ class Tracker:
                     if nxt is not self.END and nxt[0] == "metrics":
                         items += nxt[1]
                     else:
-                        after = nxt
+                        after = nxt  # (a call of another kind, or the end: sent in order, now)
                 job = (_send_metrics, (items,))
             self._call(*job)
 
@@ -145,16 +150,18 @@ class Tracker:
         if self.broken:
             return
         try:
-            if self.client is None:
-                from mlflow.tracking import MlflowClient
-
-                self.client = MlflowClient(tracking_uri=self.uri)
             fn(self, *args)
         except Exception as e:  # noqa: BLE001 - a tracker never stops the run
             self.broken = True
             first = (str(e).strip().splitlines() or [""])[0][:300]
             log.warning("MLflow (%s): %s: %s; nothing more is sent to it, the run's own files are complete",
                         shown(self.uri), type(e).__name__, first)
+
+
+def _connect(tracker: Tracker) -> None:
+    from mlflow.tracking import MlflowClient
+
+    tracker.client = MlflowClient(tracking_uri=tracker.uri)
 
 
 def _send_metrics(tracker: Tracker, items: list) -> None:
@@ -221,13 +228,15 @@ class MlflowHook(HookBase):
     def __init__(self, record, where: dict, params: dict, logging_hook, log_cfg, name: str):
         self.record, self.where, self.params, self.name = record, where, params, name
         self.interval, self.log_model, self.wait_s = log_cfg.interval, log_cfg.mlflow_log_model, log_cfg.mlflow_wait_s
-        self.run_id, self.tracker, self.ended = None, None, False
+        self.run_id, self.opened, self.ended = None, False, False
+        self.pending, self.handed = [], 0.0  # batch metrics not yet handed to the tracker, and when it last got some
+        self.tracker = Tracker(where["uri"])  # MLflow imports while the rest is built
         record.watchers.append(self.on_status)
         if log_cfg.batch_metrics:
             logging_hook.sinks.append(self.add_batches)
 
     def state_dict(self) -> dict:
-        return {"run_id": self.tracker.run_id if self.tracker else self.run_id, "uri": shown(self.where["uri"])}
+        return {"run_id": self.tracker.run_id or self.run_id, "uri": shown(self.where["uri"])}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("uri") == shown(self.where["uri"]):
@@ -238,26 +247,34 @@ class MlflowHook(HookBase):
         mine = recorded(self.record.run_dir)
         if self.run_id is None and mine.get("uri") == shown(self.where["uri"]):
             self.run_id = mine.get("run_id")  # killed before its first checkpoint
-        self.tracker = Tracker(self.where["uri"])
         self.tracker.run_id = self.run_id
         self.tracker.put(_open, self, [flatten(r) for r in t.history])
+        self.opened = True
+        self.tracker.ready.wait(60)  # the import holds the GIL for seconds: not during the steps
 
     def after_epoch(self) -> None:
         row = flatten(self.trainer.history[-1])
-        self.tracker.metrics(_numbers(row, row["epoch"]))
+        self.pending += _numbers(row, row["epoch"])
+        self._hand_over()
 
     def add_batches(self, records: list) -> None:
-        t, items = self.trainer, []
+        t = self.trainer
         for rec in records:
             if rec["batch"] % self.interval == 0:
                 step = rec["epoch"] * t.batches_per_epoch + rec["batch"]
                 values = {n: v for n, v in zip(t.value_names, rec["values"]) if not (n == "grad_norm" and math.isnan(v))}
-                items += _numbers({**values, "lr": rec["lr"]}, step, "batch_")
-        self.tracker.metrics(items)
+                self.pending += _numbers({**values, "lr": rec["lr"]}, step, "batch_")
+        if time.monotonic() - self.handed > FLUSH_S:  # the tracker's thread wakes once a second, not every step
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        self.tracker.metrics(self.pending)
+        self.pending, self.handed = [], time.monotonic()
 
     def on_status(self, status: str, fields: dict) -> None:
-        if status in ENDS and self.tracker is not None and not self.ended:
+        if status in ENDS and self.opened and not self.ended:
             self.ended = True
+            self._hand_over()
             self.tracker.put(_close, self, status)
             self.tracker.close(self.wait_s)
 
