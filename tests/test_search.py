@@ -111,6 +111,10 @@ def test_a_failing_trial_is_failed_and_the_search_goes_on_with_the_objective_of_
     assert re.search(rf"as one run: python \S*train.py .*trainer.epochs=1 optimizer.lr={best['optimizer.lr']}$",
                      r.stdout, re.M)
     assert (tmp_path / "sweep/plots/search_history.png").stat().st_size > 1000
+    analysed = subprocess.run([sys.executable, "-m", "trainforge", "analyze", str(tmp_path / "sweep")], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=300)
+    assert (f"Search 'search' (maximize): 3 trial(s), 2 complete, 0 pruned, 1 failed, 0 stopped; best trial "
+            f"#{best['job']}: {{'optimizer.lr': {float(best['optimizer.lr'])}}}") in analysed.stdout, analysed.stdout
 
 
 @pytest.mark.slow  # CI time: .ci/run runs it (the fast suite keeps under 5 minutes on 2 cores)
@@ -120,6 +124,16 @@ def test_more_failures_than_max_failure_rate_stop_the_search(env, tmp_path):
     assert r.returncode == 1, r.stderr[-2000:]
     assert "search stopped: 1 of 3 trials failed, more than hydra.sweeper.max_failure_rate=0.3" in r.stderr
     assert len(study(tmp_path / "sweep").trials) == 1  # no trial started after it
+
+
+@pytest.mark.slow  # trials of one epoch until a 2-second timeout
+def test_the_timeout_stops_asking_and_the_running_trials_finish(env, tmp_path):
+    r = search(env, tmp_path, "optimizer.lr=tag(log, interval(1e-3, 1e-2))", "hydra.sweeper.n_trials=20",
+               "hydra.sweeper.timeout=2", "trainer.epochs=1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    trials = study(tmp_path / "sweep").trials
+    assert 1 <= len(trials) <= 4 and all(t.state.name == "COMPLETE" for t in trials)  # asked only in the first 2 s
+    assert f"search: {len(trials)} of 20 trial(s): {len(trials)} complete, 0 pruned, 0 failed" in r.stdout
 
 
 @pytest.mark.slow  # two searches of 3 trials
