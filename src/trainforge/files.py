@@ -343,19 +343,14 @@ class RunRecord:
         """``where`` itself if it is a RunRecord, else a writer for the run directory ``where``."""
         return where if isinstance(where, cls) else cls(where)
 
-    def status(self, status: str, **fields) -> None:
+    def status(self, status: str, _write=write_status, **fields) -> None:
         if self.writes:
-            write_status(self.run_dir, status, **fields)
-            self._tell(status, fields)
+            _write(self.run_dir, status, **fields)
+            for watcher in self.watchers:
+                watcher(status, fields)
 
     def final_status(self, status: str, **fields) -> None:
-        if self.writes:
-            write_final_status(self.run_dir, status, **fields)
-            self._tell(status, fields)
-
-    def _tell(self, status: str, fields: dict) -> None:
-        for watcher in self.watchers:
-            watcher(status, fields)
+        self.status(status, _write=write_final_status, **fields)
 
     def write(self, name: str, fill) -> None:
         """``name`` atomically, ``fill(file)`` writing its bytes."""

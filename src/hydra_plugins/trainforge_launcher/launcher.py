@@ -1,10 +1,8 @@
-"""Sweep launchers on submitit: ``local_gpus`` (a queue over this machine's GPU slots)
-and ``slurm`` (one SLURM array). Both print a line per job start and end, skip jobs a
-previous run of the same sweep completed, write ``summary.csv`` and a table at the end,
-and raise SweepFailed (exit 1) when a job did not complete, SweepStopped (exit 75) when
-Ctrl-C or SIGTERM stopped the sweep. Hydra imports this module at every start: submitit
-and the job machinery load only when a sweep launches.
-"""
+"""Sweep launchers on submitit: ``local_gpus`` (a queue over this machine's GPU slots) and ``slurm``
+(one SLURM array). Both print a line per job start and end, skip jobs a previous run of the same
+sweep completed, write ``summary.csv`` and a table at the end, and raise SweepFailed (exit 1) when a
+job did not complete, SweepStopped (exit 75) when Ctrl-C or SIGTERM stopped the sweep. Hydra imports
+this module at every start: submitit and the job machinery load only when a sweep launches."""
 
 import os
 import signal
@@ -270,8 +268,7 @@ class LocalGpusLauncher(_SubmititLauncher):
         signal stops the sweep; ``on_end(e)`` after each job's end line (a search tells its study)."""
         from ._pool import Pool, cores, threads_per_job, visible_gpus
 
-        p = self.params
-        n_cores = cores()
+        p, n_cores = self.params, cores()
         pool = Pool(visible_gpus(), p["gpus_per_job"], p["jobs_per_gpu"], p["max_parallel"], n_cores)
         threads = p["threads_per_job"] or threads_per_job(n_cores, pool.max_parallel, p["gpus_per_job"])
         executor = session_executor(p["submitit_folder"], p["max_num_timeout"])
@@ -280,8 +277,8 @@ class LocalGpusLauncher(_SubmititLauncher):
         try:
             self._queue(next_entry, on_end, pool, executor, threads, running)
         finally:
-            if self.tracked is not None:
-                self.tracked.end(stopped=bool(self.stop_signal) or bool(running))
+            if self.tracked:  # MLflow's sweep run, if the jobs log to MLflow
+                self.tracked.end(stopped=bool(self.stop_signal or running))
 
     def _queue(self, next_entry, on_end, pool, executor, threads, running) -> None:
         from ._pool import ids_as_ints
@@ -296,10 +293,9 @@ class LocalGpusLauncher(_SubmititLauncher):
                     break
                 self.tracked = self.tracked or SweepRun(self, e.overrides)  # MLflow's sweep run, if asked for
                 e.gpus = pool.take()
-                ints = ids_as_ints(e.gpus)
+                ints = ids_as_ints(e.gpus) or ()
                 executor.update_parameters(timeout_min=p["timeout_min"], signal_delay_s=p["signal_delay_s"],
-                                           stderr_to_stdout=True, gpus_per_node=len(ints or ()),
-                                           visible_gpus=ints or ())
+                                           stderr_to_stdout=True, gpus_per_node=len(ints), visible_gpus=ints)
                 e.job = executor.submit(self.job_for(e, self.extra_overrides(e, threads, p["gpus_per_job"])))
                 self.started(e, f"gpus={','.join(e.gpus)}" if e.gpus else "cpu")
                 running.append(e)
