@@ -135,9 +135,9 @@ def test_a_run_stopped_and_resumed_is_one_mlflow_run_with_each_epoch_once(env, t
 
 @pytest.mark.slow  # two gloo ranks
 def test_two_ranks_make_one_mlflow_run(env, tmp_path):
-    run = tmp_path / "run"
+    run, client = tmp_path / "run", store(tmp_path)
+    client.create_experiment("trainforge")  # the project's database exists (no rank races to make it)
     train(env, tmp_path, "trainer.devices=2", "data.batch_size=8", f"hydra.run.dir={run}")
-    client = store(tmp_path)
     (found,) = runs_of(client)
     assert found.info.status == "FINISHED"
     assert_epochs_once(client, found.info.run_id, run)
