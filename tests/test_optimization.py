@@ -45,6 +45,7 @@ SCHEDULES = {
 }
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it (the fast suite keeps under 5 minutes on 2 cores)
 @pytest.mark.parametrize("name", list(SCHEDULES))
 def test_lr_per_step_matches_closed_form(train_here, tmp_path, name):
     extra, expected = SCHEDULES[name]
@@ -130,6 +131,7 @@ def weights(trainer):
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it (the fast suite keeps under 5 minutes on 2 cores)
 def test_grad_accum_equals_large_batch_with_partial_last_window(make_trainer):
     data = ["data.num_samples=250", "trainer.epochs=1"]  # 200 training samples
     small = make_trainer(*data, "data.batch_size=8", "trainer.grad_accum=4", name="a")

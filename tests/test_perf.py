@@ -29,6 +29,7 @@ def fitted(compose_cfg, tmp_path, name, *overrides):
     return trainer
 
 
+@pytest.mark.slow  # CI time: .ci/run runs it (the fast suite keeps under 5 minutes on 2 cores)
 def test_data_on_device_gives_identical_losses_and_weights(compose_cfg, tmp_path):
     host = fitted(compose_cfg, tmp_path, "host")
     dev = fitted(compose_cfg, tmp_path, "dev", "data.on_device=true")
