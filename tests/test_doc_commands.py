@@ -97,7 +97,7 @@ HOW = {
     "pytest -m slow tests/test_data.py -k digits": HERE,
     "pytest -m slow tests/test_data.py -k seqset_experiment": HERE,
     "pytest -m slow tests/test_seqsetvae.py -k finetune": HERE,
-    "pytest tests/test_optimization.py -k accum -s": HERE,
+    "pytest -m slow tests/test_optimization.py -k accum -s": HERE,
     "python benchmarks/bench_shared_memory.py --json docs/benchmarks/shared_memory_cpu.json": HERE,
     "python benchmarks/bench_overhead.py --device cpu --clock cpu --threads 1 --rounds 15 --control --json "
     "docs/benchmarks/overhead_cpu.jsonl": "tests/test_perf.py::test_bench_overhead_prints_one_line_per_case_with_its_stable_keys",
