@@ -44,6 +44,7 @@ EPOCH_DIR = "checkpoints"
 INDEX = "checkpoints/index.json"
 TENSORBOARD = "tensorboard"
 MLFLOW = "mlflow.json"
+MLFLOW_SPOOL = "mlflow"
 HYDRA_DIR = ".hydra"
 PLOTS = "plots"
 PROVENANCE = "provenance.json"
@@ -69,6 +70,7 @@ RUN_DIR_FILES = {
     EPOCH_DIR: "checkpoint_epoch_NNN.pth every checkpoint.save_freq epochs, and index.json",
     TENSORBOARD: "TensorBoard event files (log.tensorboard=true)",
     MLFLOW: "the run's MLflow run: tracking URI, experiment, run id (log.mlflow=true)",
+    MLFLOW_SPOOL: "the run's own MLflow store while it spools (log.mlflow_spool; a SLURM job), forwarded later",
     PLOTS: "figures written by python -m trainforge.analyze",
     LOCK: "the run lock: held by the process training in the directory",
     PROVENANCE: "where the run came from: command, code (git or version), versions, packages, host, data files",

@@ -57,6 +57,44 @@ class SweepJob:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
+def sweep_provenance(config, say) -> dict:
+    """``provenance.json`` in the sweep root (a sweep run again: its record appended, what
+    changed said); the jobs' environment naming the sweep root."""
+    from pathlib import Path
+
+    from trainforge.config.sources import current_sources
+    from trainforge.files import RunRecord
+    from trainforge.run import provenance
+
+    sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+    try:
+        for line in provenance.write(RunRecord(sweep_dir), config, current_sources()):
+            say(f"sweep record: {line}")
+    except Exception as e:  # noqa: BLE001 - a record that cannot be made stops no sweep
+        say(f"provenance: the sweep's record not written ({type(e).__name__}: {e})")
+        return {}
+    return {provenance.SWEEP_ENV: str(sweep_dir)}
+
+
+def launcher_overrides(config, overrides: List[str], threads: Optional[int], devices: int) -> List[str]:
+    """``trainer.threads`` and ``trainer.devices`` for a job, unless the user set them
+    (a job given ``trainer.threads=null`` gets the launcher's share, as one not given it)."""
+    given = {key_of(o): o.split("=", 1)[1] if "=" in o else None for o in overrides}
+    trainer = config.get("trainer") or {}
+    extra = []
+    unset = given.get("trainer.threads", "null") in ("null", "None", "~", "")
+    if threads and "threads" in trainer and trainer.get("threads") is None and unset:
+        extra.append(f"trainer.threads={threads}")
+    if devices > 1 and "devices" in trainer and "trainer.devices" not in given:
+        extra.append(f"trainer.devices={devices}")
+    return extra
+
+
+def key_of(override: str) -> str:
+    """An override's key: ``+a.b=1`` -> ``a.b``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def is_trainforge(config) -> bool:
     """Whether the sweep's app is trainforge's (its config has trainforge's groups)."""
     return all(k in config for k in ("model", "data", "loss", "optimizer", "trainer", "checkpoint", "log"))

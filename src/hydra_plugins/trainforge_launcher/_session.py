@@ -66,3 +66,10 @@ def kill_group(job) -> None:
         os.killpg(job._process.pid, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
+
+
+def rel(path: Path) -> str:
+    """``path`` as the sweep's lines show it (relative to the working directory where it can be)."""
+    from trainforge.analysis.summary import relative
+
+    return relative(path)

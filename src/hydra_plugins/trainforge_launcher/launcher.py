@@ -16,9 +16,9 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf, open_dict
 
-from ._job import is_trainforge, varying
+from ._job import is_trainforge, key_of as _key, launcher_overrides, sweep_provenance, varying
 from .config import check_params
-from ._session import drop_empty, kill_group, say, session_executor, terminate
+from ._session import drop_empty, kill_group, rel as _rel, say, session_executor, terminate
 from ._slurm import LeaveNow, leave_message
 
 # keys the launcher sets for a job unless the user did; they do not tell jobs apart
@@ -48,6 +48,7 @@ class _SubmititLauncher(Launcher):
     """What both launchers share: job bookkeeping, resumable sweeps, report, signals."""
 
     LOCAL_RESULTS = False  # a job's result file is there once it is done (no shared-filesystem delay)
+    tracked = None  # the sweep's MLflow run (_tracking.SweepRun), once the first job is known
 
     def __init__(self, **params: Any) -> None:
         self.params = params
@@ -56,6 +57,7 @@ class _SubmititLauncher(Launcher):
         self.shown: dict = {}
         self.stop_signal: Optional[str] = None
         self.hard_stop = False
+        self._sweep_env: Optional[dict] = None  # the jobs' environment naming the sweep root (its provenance)
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         from trainforge.cli import keep_sweep_record
@@ -140,26 +142,22 @@ class _SubmititLauncher(Launcher):
         return True
 
     def extra_overrides(self, e: Entry, threads: Optional[int], devices: int) -> List[str]:
-        """``trainer.threads`` and ``trainer.devices`` for this job, unless the user set them
-        (a job given ``trainer.threads=null`` gets the launcher's share, as one not given it)."""
-        given = {_key(o): o.split("=", 1)[1] if "=" in o else None for o in e.overrides}
-        trainer = self.config.get("trainer") or {}
-        extra = []
-        unset = given.get("trainer.threads", "null") in ("null", "None", "~", "")
-        if threads and "threads" in trainer and trainer.get("threads") is None and unset:
-            extra.append(f"trainer.threads={threads}")
-        if devices > 1 and "devices" in trainer and "trainer.devices" not in given:
-            extra.append(f"trainer.devices={devices}")
-        return extra
+        return launcher_overrides(self.config, e.overrides, threads, devices)
 
     def job_for(self, e: Entry, extra: List[str]):
         from hydra.core.singleton import Singleton
 
         from ._job import SweepJob
 
-        env = {**getattr(getattr(self, "tracked", None), "env", {}), **(e.env or {})}
+        env = {**getattr(getattr(self, "tracked", None), "env", {}), **(e.env or {}), **self._sweep_record()}
         return SweepJob(self.hydra_context, self.task_function, self.config, [*e.overrides, *extra], e.num,
                         e.gpus, Singleton.get_state(), env)
+
+    def _sweep_record(self) -> dict:
+        """The sweep root's provenance, written before its first job (its jobs compare their code with it)."""
+        if self.ours and self._sweep_env is None:
+            self._sweep_env = sweep_provenance(self.config, self.say)
+        return self._sweep_env or {}
 
     # ---- job start and end ----------------------------------------------------------
     def started(self, e: Entry, where: str) -> None:
@@ -192,6 +190,8 @@ class _SubmititLauncher(Launcher):
         took = f" in {time.time() - e.started:.1f} s" if e.started else ""
         detail = f": {e.error}" if e.error and e.status != "COMPLETED" else best_line(e.run_dir)
         self.say(f"end   #{e.num} {e.status}{took}{detail}")
+        if self.tracked:  # MLflow's sweep run (a job's run kept in its directory: forwarded now)
+            self.tracked.ended(e)
 
     # ---- signals ----------------------------------------------------------------------
     def _catch_signals(self) -> dict:
@@ -304,7 +304,6 @@ class LocalGpusLauncher(_SubmititLauncher):
                 pool.give_back(e.gpus)
                 self.finish(e)
                 on_end(e)
-                self.tracked.ended(e)
             if self.stop_signal and running:
                 self._stop(running)
             time.sleep(self.POLL_S)
@@ -342,8 +341,9 @@ class SlurmLauncher(_SubmititLauncher):
         import submitit
 
         from ._slurm import slurm_parameters
+        from ._tracking import SweepRun
 
-        p = self.params
+        p, self.tracked = self.params, SweepRun(self, todo[0].overrides)
         executor = submitit.SlurmExecutor(folder=p["submitit_folder"], max_num_timeout=p["max_num_timeout"])
         executor.update_parameters(**slurm_parameters(p))
         ranks = p["nodes"] * p["tasks_per_node"]
@@ -360,6 +360,8 @@ class SlurmLauncher(_SubmititLauncher):
             for e in waiting:
                 e.status, e.error = "UNKNOWN", f"slurm job {e.job.job_id} may still be running (left by the sweep)"
             self.say(f"{left} again: leaving now; " + leave_message(waiting))
+        finally:
+            self.tracked.end(stopped=bool(self.stop_signal))
 
     def _on_signal(self, signum, frame) -> None:
         """A second signal while jobs are still reported running ends the wait at once,
@@ -387,13 +389,3 @@ class SlurmLauncher(_SubmititLauncher):
 
 class _NoResult(Exception):
     pass
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def _rel(path: Path) -> str:
-    from trainforge.analysis.summary import relative
-
-    return relative(path)

@@ -119,7 +119,13 @@ def main(argv=None) -> int:
                         help="also plot batch_metrics.csv: batch loss with a rolling mean and the per-epoch spread")
     parser.add_argument("--window", type=_positive, default=None,
                         help="rolling-mean window in batches (default: a tenth of an epoch, at least 3)")
+    parser.add_argument("--sync", action="store_true",
+                        help="only forward the MLflow runs kept in the run directories (log.mlflow_spool) to their store")
     args = parser.parse_args(argv)
+    if args.sync:
+        from trainforge.analysis.forward import sync
+
+        return 1 if sync(args.dir) else 0
     try:
         analyze(args.dir, args.batch_metrics, args.window)
     except AnalysisError as e:

@@ -275,7 +275,12 @@ def format_summary(f: dict) -> str:
         lines.append(f"Peak GPU memory: {f['gpu_mem_peak_gib']:.2f} GiB")
     if (f.get("mlflow") or {}).get("run_id"):
         m = f["mlflow"]
-        lines.append(f"MLflow: run {m['run_id']} in experiment {m.get('experiment')} at {m.get('uri')}")
+        if m.get("forward_to") and not m.get("forwarded"):
+            lines.append(f"MLflow: run {m['run_id']} kept in the run directory (log.mlflow_spool), not yet forwarded "
+                         f"to {m['forward_to']}: trainforge analyze --sync {f['run']}")
+        else:
+            m = {**m, **(m.get("forwarded") or {})}
+            lines.append(f"MLflow: run {m['run_id']} in experiment {m.get('experiment')} at {m.get('uri')}")
     lines += [f"Note: {n}" for n in f["notes"]]
     lines += [f"Missing: {m}" for m in f["missing"]]
     lines += [f"Warning: {w}" for w in f["warnings"]]

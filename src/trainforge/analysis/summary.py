@@ -33,8 +33,8 @@ def job_row(job, overrides: str, run_dir, status=None, error="", log="", gpus=""
     row.update(gpus=gpus, run_dir=str(run_dir), error=error or record.get("error", ""),
                log=log if row["status"] not in ("COMPLETED", "SKIPPED") else "")
     tracked = read_json(Path(run_dir) / MLFLOW)  # log.mlflow=true: the job's MLflow run
-    if tracked.get("run_id"):
-        row["mlflow_run_id"] = tracked["run_id"]
+    if tracked.get("run_id"):  # (a spooling job's: its run in the sweep's store, once forwarded)
+        row["mlflow_run_id"] = (tracked.get("forwarded") or tracked)["run_id"]
     final = record.get("final") or {}
     row.update({f"train_{k}": v for k, v in final.get("train", {}).items()})
     row.update({f"val_{k}": v for k, v in final.get("val", {}).items()})

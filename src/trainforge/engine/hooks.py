@@ -106,6 +106,7 @@ class LoggingHook(HookBase):
         self.extra: dict = {}
         self.first = 1
         self.file_only = None  # training.log's direct writer for batch lines (before_train)
+        self.note = ""  # a line for the next epoch block only (what changed since the run's last start)
 
     def before_train(self) -> None:
         t = self.trainer
@@ -151,7 +152,8 @@ class LoggingHook(HookBase):
         t.history.append(record)
         times = [r["epoch_time"] for r in t.history]
         eta = sum(times) / len(times) * (t.epochs - t.epoch - 1)
-        log.info(epoch_block(record, t.epochs, eta))
+        log.info(epoch_block(record, t.epochs, eta, self.note))
+        self.note = ""
         write_epoch_files(self.record, t.history)
         if self.batch_csv is not None:
             self.batch_csv.flush()

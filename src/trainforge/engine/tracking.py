@@ -29,7 +29,7 @@ from pathlib import Path
 from trainforge.engine.logging import LOGGER, flatten
 from trainforge.engine.trainer import HookBase
 from trainforge.errors import ConfigError
-from trainforge.files import BEST_WEIGHTS, CONFIG, MLFLOW, PLOTS, PROVENANCE, read_json
+from trainforge.files import BEST_WEIGHTS, CONFIG, MLFLOW, MLFLOW_SPOOL as SPOOL, PLOTS, PROVENANCE, read_json
 
 log = logging.getLogger(LOGGER)
 PARENT_ENV = "TRAINFORGE_MLFLOW_PARENT"  # a sweep job's parent run (set by the local_gpus launcher)
@@ -56,6 +56,20 @@ def settings(log_cfg, experiment_option, cwd, resumed_uri=None) -> dict:
         root = Path(cwd).resolve()
         where.update(uri=f"sqlite:///{root / 'mlflow.db'}", artifacts=(root / "mlartifacts").as_uri())
     return where
+
+
+def spooled(where: dict, log_cfg, run_dir) -> dict:
+    """``log.mlflow_spool``: the run's MLflow run kept in a store of its own, ``<run_dir>/mlflow/``,
+    and forwarded to ``where`` later (by its sweep, or ``trainforge analyze --sync``). ``auto``:
+    a SLURM job (``SLURM_JOB_ID``) whose store is sqlite (one database written by jobs on many
+    nodes over a shared filesystem is unsafe), or a run that spooled before."""
+    mode, before = str(log_cfg.mlflow_spool).lower(), recorded(run_dir)
+    slurm_sqlite = bool(os.environ.get("SLURM_JOB_ID")) and where["uri"].startswith("sqlite:")
+    if mode == "false" or (mode == "auto" and not (slurm_sqlite or before.get("forward_to"))):
+        return where
+    own = Path(run_dir).resolve() / SPOOL
+    return {"uri": f"sqlite:///{own / 'mlflow.db'}", "artifacts": (own / "artifacts").as_uri(),
+            "experiment": where["experiment"], "forward_to": shown(where["uri"]), "forward_artifacts": where["artifacts"]}
 
 
 def experiment_option(run_dir):
@@ -279,11 +293,33 @@ class MlflowHook(HookBase):
             self.tracker.close(self.wait_s)
 
 
+def end_left_running(log_cfg, run_dir, status: str) -> None:
+    """The MLflow run of a run whose rank 0 died before it could end it (the launching parent
+    of ``trainer.devices=N`` records the run's end, ``status``): ended too, if still RUNNING."""
+    mine = recorded(run_dir)
+    if not (log_cfg.mlflow and mine.get("run_id")) or status not in ENDS:
+        return
+    where = spooled(settings(log_cfg, experiment_option(run_dir), os.getcwd(), mine.get("forward_to") or mine.get("uri")),
+                    log_cfg, run_dir)
+    if shown(where["uri"]) != mine.get("uri"):
+        return
+    tracker = Tracker(where["uri"])
+    tracker.put(_end_if_running, mine["run_id"], status)
+    tracker.close(log_cfg.mlflow_wait_s)
+
+
+def _end_if_running(tracker: Tracker, run_id: str, status: str) -> None:
+    client = tracker.client
+    if patient(client.get_run, run_id).info.status == "RUNNING":
+        patient(client.set_tag, run_id, "trainforge.status", status)
+        patient(client.set_terminated, run_id, ENDS[status])
+
+
 def _open(tracker: Tracker, hook: MlflowHook, rows: list) -> None:
     """Continue the run's MLflow run (a resume) or make it; then its record, the artifacts
     of the start and the epochs MLflow lacks."""
     client, run_dir = tracker.client, hook.record.run_dir
-    if tracker.run_id and _exists(client, tracker.run_id):
+    if tracker.run_id and exists(client, tracker.run_id):
         patient(client.update_run, tracker.run_id, status="RUNNING")
         _params_again(tracker, hook.params)
         tracker.floor = {"epoch": _last_step(client, tracker.run_id, "epoch"),
@@ -297,8 +333,10 @@ def _open(tracker: Tracker, hook: MlflowHook, rows: list) -> None:
         create_run(tracker, hook.where, hook.name, tags)
         _log_params(tracker, hook.params)
     hook.run_id = tracker.run_id
-    hook.record.json(MLFLOW, {"uri": shown(tracker.uri), "experiment": hook.where["experiment"],
-                              "run_id": tracker.run_id})
+    before = recorded(run_dir) if recorded(run_dir).get("run_id") == tracker.run_id else {}  # (what was forwarded)
+    hook.record.json(MLFLOW, {**before, "uri": shown(tracker.uri), "experiment": hook.where["experiment"],
+                              "run_id": tracker.run_id,
+                              **{k: hook.where[k] for k in ("forward_to", "forward_artifacts") if hook.where.get(k)}})
     for name in (CONFIG, PROVENANCE):
         if (run_dir / name).exists():
             patient(client.log_artifact, tracker.run_id, str(run_dir / name))
@@ -315,7 +353,7 @@ def _close(tracker: Tracker, hook: MlflowHook, status: str) -> None:
     patient(client.set_terminated, run_id, ENDS[status])
 
 
-def _exists(client, run_id: str) -> bool:
+def exists(client, run_id: str) -> bool:
     try:
         patient(client.get_run, run_id)
         return True

@@ -30,6 +30,7 @@ ENV = ("CUDA_VISIBLE_DEVICES", "PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS
        "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID", "SLURM_NTASKS")
 ENV_PREFIXES = ("TRAINFORGE_",)
 CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+SWEEP_ENV = "TRAINFORGE_SWEEP_DIR"  # a sweep job's sweep root (its record: the code it was submitted with)
 _hashes: dict = {}  # (path, size, mtime) -> partial hash, per process
 
 
@@ -165,8 +166,10 @@ def changes(before: dict, now: dict) -> list:
 
 def write(record, cfg, sources) -> list:
     """This start's record into the run directory (``record``: its RunRecord; nothing where
-    it does not write). A resume: the record appended to ``provenance_resumes.jsonl`` and the
-    changes since the last start returned (one line each)."""
+    it does not write, or a sweep root's writer), and the warning lines it gives (kept in the
+    record as ``warnings``): a resume's changes since the last start (its record appended to
+    ``provenance_resumes.jsonl``), and a sweep job's changes of code since the sweep started
+    its jobs (``TRAINFORGE_SWEEP_DIR``: a SLURM job may start hours after its submission)."""
     if not record.writes:
         return []
     run_dir = record.run_dir
@@ -180,12 +183,29 @@ def write(record, cfg, sources) -> list:
             record.text(name, diff[:DIFF_CAP])
             now["code"][who]["diff_file"] = name
             now["code"][who]["diff_truncated"] = len(diff.encode()) > DIFF_CAP
+    now["warnings"] = warnings(last, now, run_dir)
     if last is None:
         record.text(FILE, json.dumps(now, indent=2, default=str) + "\n")
-        return []
-    with open(run_dir / RESUMES, "a") as f:
-        f.write(json.dumps(now, default=str) + "\n")
-    return changes(last, now)
+    else:
+        with open(run_dir / RESUMES, "a") as f:
+            f.write(json.dumps(now, default=str) + "\n")
+    return now["warnings"]
+
+
+def warnings(last: dict | None, now: dict, run_dir: Path) -> list:
+    out = []
+    changed = changes(last, now) if last is not None else []
+    if changed:
+        out.append(f"Changed since this run's last start: {'; '.join(changed)} ({RESUMES})")
+    sweep = os.environ.get(SWEEP_ENV)
+    submitted = latest(Path(sweep)) if sweep and Path(sweep).resolve() != run_dir.resolve() else None
+    if submitted is not None:
+        code_only = {k: v for k, v in now.items() if k != "data_files"}  # a job's data may differ by design
+        changed = changes({k: v for k, v in submitted.items() if k != "data_files"}, code_only)
+        if changed:
+            out.append(f"Changed since the sweep started its jobs ({submitted.get('time')}, {sweep}): "
+                       f"{'; '.join(changed)}")
+    return out
 
 
 def starts_resumed(run_dir: Path) -> int:

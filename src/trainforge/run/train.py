@@ -115,6 +115,7 @@ class _Run:
         self.started = time.time()
         self.opened = self.delegated = False  # delegated: rank processes own the run's outcome
         self.trainer = self.sources = self.cfg = self.test = None
+        self.warnings = None  # provenance's warning lines for this start (None: written by the launching parent)
 
     def main(self, cfg, overrides, sources):
         self.resume = cfg.resume
@@ -155,20 +156,31 @@ class _Run:
         self.opened = True
 
     def provenance(self, cfg) -> None:
-        """provenance.json (a resume: its record appended, and what changed said in one line)."""
+        """provenance.json (a resume: its record appended); what changed since the run's last start,
+        or since its sweep started its jobs, one warning line each (and in the first epoch block)."""
         from trainforge.run import provenance
 
         try:
-            changed = provenance.write(self.record, cfg, self.sources)
+            self.warnings = provenance.write(self.record, cfg, self.sources)
         except Exception as e:  # noqa: BLE001 - a record that cannot be made stops no run
             self.log.warning("provenance: not recorded (%s: %s)", type(e).__name__, e)
+            self.warnings = []
             return
-        if changed:
-            self.log.warning("Changed since this run's last start: %s (%s)", "; ".join(changed), provenance.RESUMES)
+        for line in self.warnings:
+            self.log.warning("%s", line)
+
+    def _provenance_warnings(self) -> list:
+        """This start's provenance warnings (a rank process: as its launching parent recorded them)."""
+        from trainforge.run import provenance
+
+        if self.warnings is None and self.record.writes:
+            self.warnings = (provenance.latest(self.run_dir) or {}).get("warnings", [])
+        return self.warnings or []
 
     def delegate(self, cfg, overrides, ckpt_path):
         """``trainer.devices=N``: open the run here and train it in N rank processes."""
         n, on_gpu = launch.process_count(cfg.trainer.devices, cfg.trainer.device), launch.on_gpu(cfg.trainer.device)
+        self.cfg = cfg
         with signals.deferred():  # from RUNNING on, a stop signal reaches the ranks (launch.spawn)
             self.open(cfg)
             self.log.info("DDP on %d processes (%s): per-rank batch %d, global batch %d", n,
@@ -179,6 +191,7 @@ class _Run:
         return read_status(self.run_dir).get("best", {}).get("value")
 
     def build(self, cfg, overrides, ckpt_path, ckpt, changes) -> None:
+        from trainforge.engine.hooks import LoggingHook
         from trainforge.run.build import build
 
         self.cfg = cfg
@@ -193,6 +206,8 @@ class _Run:
         if not self.opened:
             _preemption(trainer).arm()  # a signal from RUNNING on saves a checkpoint
             self.open(cfg)
+        for hook in (h for h in trainer.hooks if isinstance(h, LoggingHook)):
+            hook.note = "\n  ".join(self._provenance_warnings())
         self.log.info("Device: %s - precision: %s - parameters: %d - train batches/epoch: %d",
                       trainer.device, trainer.precision.mode, sum(p.numel() for p in trainer.params),
                       trainer.batches_per_epoch)
@@ -223,6 +238,7 @@ class _Run:
         """Record a failure (FAILED, unless it happened before the run opened and was the
         user's) and raise it: a user error as itself, a crash with its traceback in training.log."""
         if self.delegated:  # the ranks recorded the outcome (launch.spawn filled in a rank that died)
+            self.end_tracking()
             raise e
         error = _as_user_error(e, self.run_dir, self.trainer)
         if self.opened or error is None:  # a user error before the run opened writes nothing
@@ -240,6 +256,13 @@ class _Run:
         if error is e:
             raise e
         raise error from None
+
+    def end_tracking(self) -> None:
+        """A tracker's run left open by a rank 0 that died: ended with the run's status."""
+        if self.cfg is not None and self.cfg.log.mlflow:
+            from trainforge.engine import tracking
+
+            tracking.end_left_running(self.cfg.log, self.run_dir, read_status(self.run_dir).get("status"))
 
     def completed(self):
         trainer = self.trainer
