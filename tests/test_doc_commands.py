@@ -119,6 +119,8 @@ HOW = {
     "trainforge -m loss=focal,hybrid log.mlflow=true": HERE,
     "python benchmarks/bench_mlflow.py --rounds 5 --epochs 4 --json docs/benchmarks/mlflow_cpu.json":
         "tests/test_mlflow.py::test_bench_mlflow_prints_its_figures",
+    "trainforge analyze --sync multirun/2026-12-06/10-00-00":
+        "tests/test_slurm_sweep.py::test_a_slurm_sweep_records_its_code_and_forwards_each_jobs_mlflow_run",
     # docs/after-training.md
     "trainforge eval RUN": f"{EV}::test_eval_of_best_latest_and_an_epoch_gives_the_values_training_recorded",
     "trainforge eval RUN ckpt=latest": f"{EV}::test_eval_of_best_latest_and_an_epoch_gives_the_values_training_recorded",

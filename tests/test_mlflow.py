@@ -5,7 +5,9 @@ every path, one run under DDP, a sweep's nested runs; a tracking server that nev
 costs the run nothing but one warning; no credential reaches a file."""
 import csv
 import json
+import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -159,6 +161,40 @@ def test_a_sweep_is_a_parent_run_with_one_nested_run_per_job(env, tmp_path):
     table = rows(tmp_path / "sweep" / "summary.csv")
     assert sorted(r["mlflow_run_id"] for r in table) == sorted(r.info.run_id for r in jobs)
     assert all(r.info.run_id in proc.stdout for r in jobs)  # the sweep table's mlflow_run_id column
+    assert json.loads((tmp_path / "sweep" / "mlflow.json").read_text())["run_id"] == parent.info.run_id
+    shutil.rmtree(tmp_path / "sweep" / "3")  # as if the sweep had stopped before job 3: the same command finishes it
+    again = subprocess.run(proc.args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("COMPLETED before") == 3, again.stderr[-3000:]
+    assert f"MLflow: sweep run {parent.info.run_id} (continued)" in again.stdout  # the same sweep: the same run
+    (new,) = [r for r in runs_of(client) if r.info.run_id not in {f.info.run_id for f in found}]
+    assert new.data.tags["mlflow.parentRunId"] == parent.info.run_id and new.info.run_name == "sweep/3"
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow  # two gloo ranks, rank 0 killed
+def test_a_rank_0_killed_under_trainer_devices_ends_its_mlflow_run_failed(env, tmp_path):
+    """Rank 0 cannot end its MLflow run when it is SIGKILLed: the parent that recorded the
+    run FAILED ends it FAILED too (it stays RUNNING only when the whole run is killed)."""
+    run, client = tmp_path / "run", store(tmp_path)
+    client.create_experiment("trainforge")
+    proc = start(env, tmp_path, "trainer.devices=2", "data.batch_size=8", "data.num_samples=800", "trainer.epochs=3",
+                 "trainer.ddp_timeout=30", f"hydra.run.dir={run}")
+    deadline = time.time() + 300
+    while not ((run / "mlflow.json").exists() and "Launched 2 ranks" in _text(run / "training.log")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.1)
+    line = next(ln for ln in _text(run / "training.log").splitlines() if "Launched 2 ranks" in ln)
+    rank0 = int(line.split("pids ")[1].split(",")[0])
+    os.kill(rank0, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "rank 0: killed by SIGKILL" in err, err[-3000:]
+    assert json.loads((run / "status.json").read_text())["status"] == "FAILED"
+    (found,) = runs_of(client)
+    assert found.info.status == "FAILED" and found.data.tags["trainforge.status"] == "FAILED"
+
+
+def _text(path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 @pytest.mark.slow  # a run plus the wait for a server that never answers

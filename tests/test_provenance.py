@@ -59,6 +59,8 @@ def test_a_run_records_its_code_versions_host_and_a_resume_says_what_changed(tmp
     trainforge(project, f"resume={run}", "trainer.epochs=2")
     log = (run / "training.log").read_text()
     assert "Changed since this run's last start: project uncommitted diff" in log
+    block = log[log.index("Epoch [2/2] done"):].split("=" * 80)[0]  # the resume's first epoch block says it too
+    assert "\n  Changed since this run's last start: project uncommitted diff" in block
     resumed = [json.loads(line) for line in (run / "provenance_resumes.jsonl").read_text().splitlines()]
     assert len(resumed) == 1 and resumed[0]["code"]["project"]["diff_file"] == "provenance_project_resume1.diff"
     assert "+# another change" in (run / "provenance_project_resume1.diff").read_text()

@@ -142,6 +142,13 @@ CATCHERS = {
                     ["tests/test_mlflow.py::"
                      "test_a_run_stopped_and_resumed_is_one_mlflow_run_with_each_epoch_once[SIGTERM]"]),
     "mlflow_on_every_rank": ["tests/test_mlflow.py::test_two_ranks_make_one_mlflow_run"],
+    **dict.fromkeys(["mlflow_spool_off_under_slurm", "provenance_sweep_unchecked", "provenance_epoch_block_silent"],
+                    ["tests/test_slurm_sweep.py::test_a_slurm_sweep_records_its_code_and_forwards_each_jobs_mlflow_run"]),
+    "mlflow_forward_resends": ["tests/test_slurm_sweep.py::"
+                               "test_a_kept_run_is_forwarded_to_one_mlflow_run_also_after_a_resume"],
+    "mlflow_dead_rank0_left_running": ["tests/test_mlflow.py::"
+                                       "test_a_rank_0_killed_under_trainer_devices_ends_its_mlflow_run_failed"],
+    "mlflow_sweep_run_not_continued": ["tests/test_mlflow.py::test_a_sweep_is_a_parent_run_with_one_nested_run_per_job"],
 }
 
 

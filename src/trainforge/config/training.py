@@ -115,8 +115,7 @@ class LogConf:
     mlflow_experiment: Optional[str] = None  # null: the experiment option (else "trainforge")
     mlflow_log_model: bool = False  # true: best_model_weights.pt as an artifact at the end
     mlflow_wait_s: float = opt(30.0, at_least(0, integer=False))  # at the end, seconds queued MLflow calls get to finish
-    # auto: a SLURM job with an sqlite store logs into <run_dir>/mlflow/, forwarded by its sweep or `trainforge analyze --sync`
-    mlflow_spool: str = opt("auto", one_of("auto", "true", "false"))
+    mlflow_spool: str = opt("auto", one_of("auto", "true", "false"))  # auto: a SLURM job on sqlite keeps <run_dir>/mlflow/
 
 
 @dataclass
