@@ -86,3 +86,34 @@ def test_credentials_are_stripped_and_changes_are_named(tmp_path):
     assert changes(before, now) == ["project commit aaaaaaaaaaaa -> bbbbbbbbbbbb", "torch 2.4.0 -> 2.5.0",
                                     f"data.path ({data})"]
     assert changes(now, now) == []
+
+
+@pytest.mark.slow  # two runs on two gloo ranks
+def test_the_embedded_data_file_a_run_opens_is_hashed_and_a_change_is_said_on_resume(env, tmp_path):
+    """No data.* key names the embedded set (made in data.cache_dir): the file the data option
+    opened is hashed into the start's record by rank 0 (here behind a launching parent that
+    wrote the record), and a resume on changed data says so, also in its first epoch block."""
+    import h5py
+
+    from conftest import SMALL
+
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    e = dict(env, TRAINFORGE_DATA_DIR=str(cache), OMP_NUM_THREADS="1")
+
+    def train(*args):
+        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=e,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    train(*SMALL, "trainer.epochs=1", "trainer.devices=2", "data.batch_size=8", f"hydra.run.dir={run}")
+    (data,) = cache.glob("glint_*.h5")
+    first = json.loads((run / "provenance.json").read_text())["data_files"][f"opened:{data}"]
+    assert first["size"] == data.stat().st_size and first["partial_sha256"] == file_print(data)["partial_sha256"]
+    with h5py.File(data, "r+") as f:  # the cached set changes between the runs
+        f["images"][0] = f["images"][0] * 0 + 0.5
+    train(f"resume={run}", "trainer.epochs=2")
+    log = (run / "training.log").read_text()
+    said = f"Changed since this run's last start: data file {data}"
+    assert said in log and said in log[log.index("Epoch [2/2] done"):].split("=" * 80)[0]
+    (resumed,) = [json.loads(line) for line in (run / "provenance_resumes.jsonl").read_text().splitlines()]
+    assert resumed["data_files"][f"opened:{data}"]["partial_sha256"] != first["partial_sha256"]

@@ -148,6 +148,8 @@ CATCHERS = {
                                "test_a_kept_run_is_forwarded_to_one_mlflow_run_also_after_a_resume"],
     "mlflow_dead_rank0_left_running": ["tests/test_mlflow.py::"
                                        "test_a_rank_0_killed_under_trainer_devices_ends_its_mlflow_run_failed"],
+    "provenance_opened_data_unhashed": ["tests/test_provenance.py::"
+                                        "test_the_embedded_data_file_a_run_opens_is_hashed_and_a_change_is_said_on_resume"],
     "mlflow_sweep_run_not_continued": ["tests/test_mlflow.py::test_a_sweep_is_a_parent_run_with_one_nested_run_per_job"],
 }
 

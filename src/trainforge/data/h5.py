@@ -13,6 +13,9 @@ from torch.utils.data import Dataset
 from trainforge.errors import DataError
 
 
+OPENED: list = []  # every HDF5 file a data option checked in this process, in order (provenance hashes them)
+
+
 def check_h5(path: str | os.PathLike, keys: Sequence[str], sample_shapes: dict | None = None) -> int:
     """Check that ``path`` is a readable HDF5 file holding ``keys`` with equal first dims.
 
@@ -26,6 +29,7 @@ def check_h5(path: str | os.PathLike, keys: Sequence[str], sample_shapes: dict |
         f = h5py.File(path, "r")
     except OSError as e:
         raise DataError(f"data.path={path}: not a readable HDF5 file ({e.__class__.__name__})") from e
+    OPENED.append(str(path.resolve()))
     with f:
         lengths = {}
         for key in keys:

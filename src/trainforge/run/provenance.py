@@ -30,6 +30,7 @@ ENV = ("CUDA_VISIBLE_DEVICES", "PYTHONPATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS
        "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID", "SLURM_NTASKS")
 ENV_PREFIXES = ("TRAINFORGE_",)
 CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+OPENED = "opened:"  # data_files keys of the files a data option opened (not named by a data.* key)
 SWEEP_ENV = "TRAINFORGE_SWEEP_DIR"  # a sweep job's sweep root (its record: the code it was submitted with)
 _hashes: dict = {}  # (path, size, mtime) -> partial hash, per process
 
@@ -160,8 +161,34 @@ def changes(before: dict, now: dict) -> list:
             if old.get(n) != new.get(n)]
     a, b = before.get("data_files", {}), now.get("data_files", {})
     out += [f"{k} ({(b.get(k) or a.get(k))['path']})" for k in sorted(set(a) | set(b))
-            if (a.get(k) or {}).get("partial_sha256") != (b.get(k) or {}).get("partial_sha256")]
+            if not k.startswith(OPENED) and (a.get(k) or {}).get("partial_sha256") != (b.get(k) or {}).get("partial_sha256")]
     return out
+
+
+def add_opened(record, paths: list) -> list:
+    """The files the data option opened that no ``data.*`` key names (an embedded set made in
+    ``data.cache_dir``), hashed into this start's record once the data is built (on rank 0,
+    also when a parent process wrote the record); a change since the last start's record, one
+    warning line (also kept in the record's ``warnings``)."""
+    history = records(record.run_dir) if record.writes else []
+    if not history:
+        return []
+    now, before = history[-1], (history[-2] if len(history) > 1 else {})
+    named = {v["path"] for v in now.get("data_files", {}).values()}
+    found = {f"{OPENED}{p}": file_print(Path(p)) for p in dict.fromkeys(paths) if p not in named and Path(p).is_file()}
+    if not found:
+        return []
+    now.setdefault("data_files", {}).update(found)
+    had = {k: v for k, v in before.get("data_files", {}).items() if k.startswith(OPENED)}
+    changed = [k[len(OPENED):] for k, v in found.items()
+               if had and v["partial_sha256"] != (had.get(k) or {}).get("partial_sha256")]
+    lines = [f"Changed since this run's last start: data file {', '.join(changed)} ({RESUMES})"] if changed else []
+    now["warnings"] = now.get("warnings", []) + lines
+    if len(history) == 1:
+        record.text(FILE, json.dumps(now, indent=2, default=str) + "\n")
+    else:
+        record.text(RESUMES, "".join(json.dumps(r, default=str) + "\n" for r in history[1:]))
+    return lines
 
 
 def write(record, cfg, sources) -> list:
@@ -211,6 +238,14 @@ def warnings(last: dict | None, now: dict, run_dir: Path) -> list:
 def starts_resumed(run_dir: Path) -> int:
     resumes = run_dir / RESUMES
     return len(resumes.read_text().splitlines()) if resumes.exists() else 0
+
+
+def records(run_dir: Path) -> list:
+    """Every start's record, the first one's (``provenance.json``) first."""
+    first = run_dir / FILE
+    resumes = run_dir / RESUMES
+    return ([json.loads(first.read_text())] if first.exists() else []) + \
+        ([json.loads(line) for line in resumes.read_text().splitlines() if line] if resumes.exists() else [])
 
 
 def latest(run_dir: Path) -> dict | None:

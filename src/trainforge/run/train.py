@@ -177,6 +177,19 @@ class _Run:
             self.warnings = (provenance.latest(self.run_dir) or {}).get("warnings", [])
         return self.warnings or []
 
+    def _opened_data(self, paths: list) -> list:
+        """The files the data option opened, into this start's provenance (a change: one warning line)."""
+        from trainforge.run import provenance
+
+        try:
+            lines = provenance.add_opened(self.record, paths)
+        except Exception as e:  # noqa: BLE001 - a record that cannot be made stops no run
+            self.log.warning("provenance: data files not recorded (%s: %s)", type(e).__name__, e)
+            return []
+        for line in lines:
+            self.log.warning("%s", line)
+        return lines
+
     def delegate(self, cfg, overrides, ckpt_path):
         """``trainer.devices=N``: open the run here and train it in N rank processes."""
         n, on_gpu = launch.process_count(cfg.trainer.devices, cfg.trainer.device), launch.on_gpu(cfg.trainer.device)
@@ -191,10 +204,11 @@ class _Run:
         return read_status(self.run_dir).get("best", {}).get("value")
 
     def build(self, cfg, overrides, ckpt_path, ckpt, changes) -> None:
+        from trainforge.data import h5
         from trainforge.engine.hooks import LoggingHook
         from trainforge.run.build import build
 
-        self.cfg = cfg
+        self.cfg, opened = cfg, len(h5.OPENED)  # the data files this run opens come after these
         self.trainer = trainer = build(cfg, self.run_dir, overrides, resuming=ckpt is not None, record=self.record,
                                        sources=self.sources)
         if ckpt is not None:
@@ -207,7 +221,7 @@ class _Run:
             _preemption(trainer).arm()  # a signal from RUNNING on saves a checkpoint
             self.open(cfg)
         for hook in (h for h in trainer.hooks if isinstance(h, LoggingHook)):
-            hook.note = "\n  ".join(self._provenance_warnings())
+            hook.note = "\n  ".join(self._provenance_warnings() + self._opened_data(h5.OPENED[opened:]))
         self.log.info("Device: %s - precision: %s - parameters: %d - train batches/epoch: %d",
                       trainer.device, trainer.precision.mode, sum(p.numel() for p in trainer.params),
                       trainer.batches_per_epoch)
