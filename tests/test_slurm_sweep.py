@@ -125,7 +125,9 @@ def test_a_kept_run_is_forwarded_to_one_mlflow_run_also_after_a_resume(env, tmp_
     trainforge(e, tmp_path, f"resume={run}", "trainer.epochs=2")  # the same local MLflow run goes on
     shown = trainforge(e, tmp_path, "analyze", str(run)).stdout  # (the last forward is older than the resume)
     assert f"MLflow: run {forwarded.info.run_id}" in shown
-    trainforge(e, tmp_path, "analyze", "--sync", str(run))
+    later = trainforge(e, tmp_path, "analyze", "--sync", str(run)).stdout
+    columns = len(rows(run / "epoch_metrics.csv")[0])
+    assert f"(FINISHED, {columns} new metric value(s))" in later, later  # epoch 2's values alone
     (again,) = runs_of(client)
     assert again.info.run_id == forwarded.info.run_id and again.info.status == "FINISHED"
     assert_epochs_once(client, again.info.run_id, run)

@@ -145,7 +145,9 @@ CATCHERS = {
     **dict.fromkeys(["mlflow_spool_off_under_slurm", "provenance_sweep_unchecked", "provenance_epoch_block_silent"],
                     ["tests/test_slurm_sweep.py::test_a_slurm_sweep_records_its_code_and_forwards_each_jobs_mlflow_run"]),
     "mlflow_forward_resends": ["tests/test_slurm_sweep.py::"
-                               "test_a_kept_run_is_forwarded_to_one_mlflow_run_also_after_a_resume"],
+                               "test_a_kept_run_is_forwarded_to_one_mlflow_run_also_after_a_resume",
+                               "tests/test_slurm_sweep.py::"
+                               "test_a_slurm_sweep_records_its_code_and_forwards_each_jobs_mlflow_run"],
     "mlflow_dead_rank0_left_running": ["tests/test_mlflow.py::"
                                        "test_a_rank_0_killed_under_trainer_devices_ends_its_mlflow_run_failed"],
     "provenance_opened_data_unhashed": ["tests/test_provenance.py::"
