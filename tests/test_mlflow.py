@@ -138,7 +138,7 @@ def test_a_run_stopped_and_resumed_is_one_mlflow_run_with_each_epoch_once(env, t
 @pytest.mark.slow  # two gloo ranks
 def test_two_ranks_make_one_mlflow_run(env, tmp_path):
     run, client = tmp_path / "run", store(tmp_path)
-    client.create_experiment("trainforge")  # the project's database exists (no rank races to make it)
+    client.create_experiment("trainforge", (tmp_path / "mlartifacts").as_uri())  # (no rank races to make the db)
     train(env, tmp_path, "trainer.devices=2", "data.batch_size=8", f"hydra.run.dir={run}")
     (found,) = runs_of(client)
     assert found.info.status == "FINISHED"
@@ -176,7 +176,7 @@ def test_a_rank_0_killed_under_trainer_devices_ends_its_mlflow_run_failed(env, t
     """Rank 0 cannot end its MLflow run when it is SIGKILLed: the parent that recorded the
     run FAILED ends it FAILED too (it stays RUNNING only when the whole run is killed)."""
     run, client = tmp_path / "run", store(tmp_path)
-    client.create_experiment("trainforge")
+    client.create_experiment("trainforge", (tmp_path / "mlartifacts").as_uri())
     proc = start(env, tmp_path, "trainer.devices=2", "data.batch_size=8", "data.num_samples=800", "trainer.epochs=3",
                  "trainer.ddp_timeout=30", f"hydra.run.dir={run}")
     deadline = time.time() + 300
