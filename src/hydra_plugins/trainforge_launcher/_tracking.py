@@ -69,10 +69,7 @@ def _open(tracker, where: dict, sweep_dir: Path, again) -> None:
         if again and tracking.exists(tracker.client, again):
             tracking.patient(tracker.client.update_run, again, status="RUNNING")
             tracker.run_id = again
-    except BaseException:
+        else:
+            tracking.create_run(tracker, where, sweep_dir.name, {"trainforge.sweep_dir": str(sweep_dir)})
+    finally:
         tracker.made.set()  # (the sweep waits for it)
-        raise
-    if tracker.run_id:
-        tracker.made.set()
-    else:
-        tracking.create_run(tracker, where, sweep_dir.name, {"trainforge.sweep_dir": str(sweep_dir)})

@@ -149,7 +149,7 @@ class _SubmititLauncher(Launcher):
 
         from ._job import SweepJob
 
-        env = {**getattr(getattr(self, "tracked", None), "env", {}), **(e.env or {}), **self._sweep_record()}
+        env = {**getattr(self.tracked, "env", {}), **(e.env or {}), **self._sweep_record()}
         return SweepJob(self.hydra_context, self.task_function, self.config, [*e.overrides, *extra], e.num,
                         e.gpus, Singleton.get_state(), env)
 

@@ -61,21 +61,17 @@ def _create(store, run, mine: dict) -> str:
 
 
 def _copy(local, store, run, target: str) -> int:
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import RunTag
 
     have = tracking.patient(store.get_run, target).data.params
-    params = [Param(k, v) for k, v in run.data.params.items() if k not in have]
-    for i in range(0, len(params), tracking.PARAMS):
-        tracking.patient(store.log_batch, target, params=params[i:i + tracking.PARAMS])
+    tracking.log_params(store, target, {k: v for k, v in run.data.params.items() if k not in have})
     tags = [RunTag(k, v) for k, v in run.data.tags.items() if k not in SKIPPED_TAGS]
     tracking.patient(store.log_batch, target, tags=tags)
     sent = 0
     for key in run.data.metrics:
-        last = max((m.step for m in tracking.patient(store.get_metric_history, target, key)), default=-1)
-        new = [Metric(key, m.value, m.timestamp, m.step) for m in local.get_metric_history(run.info.run_id, key)
-               if m.step > last]
-        for i in range(0, len(new), tracking.BATCH):
-            tracking.patient(store.log_batch, target, metrics=new[i:i + tracking.BATCH])
+        last = tracking.last_step(store, target, key)
+        new = [m for m in local.get_metric_history(run.info.run_id, key) if m.step > last]
+        tracking.log_metrics(store, target, new)
         sent += len(new)
     artifacts = _local_path(run.info.artifact_uri)
     if artifacts is not None and artifacts.is_dir() and any(artifacts.iterdir()):

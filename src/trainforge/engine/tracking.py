@@ -72,6 +72,14 @@ def spooled(where: dict, log_cfg, run_dir) -> dict:
             "experiment": where["experiment"], "forward_to": shown(where["uri"]), "forward_artifacts": where["artifacts"]}
 
 
+def where_for(log_cfg, run_dir) -> dict:
+    """Where the MLflow run of the run in ``run_dir`` goes (``settings``, then ``spooled``);
+    a resume: the store it began in."""
+    before = recorded(run_dir)
+    where = settings(log_cfg, experiment_option(run_dir), os.getcwd(), before.get("forward_to") or before.get("uri"))
+    return spooled(where, log_cfg, run_dir)
+
+
 def experiment_option(run_dir):
     """The experiment option the run was composed with (Hydra's record), or None."""
     from hydra.core.hydra_config import HydraConfig
@@ -184,8 +192,13 @@ def _send_metrics(tracker: Tracker, items: list) -> None:
     now, floor = int(time.time() * 1000), tracker.floor  # steps MLflow had when the run resumed
     metrics = [Metric(k, v, now, s) for k, v, s in items
                if s > floor.get("batch" if k.startswith("batch_") else "epoch", -1)]
+    log_metrics(tracker.client, tracker.run_id, metrics)
+
+
+def log_metrics(client, run_id: str, metrics: list) -> None:
+    """``metrics`` (MLflow ``Metric``s) in calls of up to MLflow's 1000."""
     for i in range(0, len(metrics), BATCH):
-        patient(tracker.client.log_batch, tracker.run_id, metrics=metrics[i:i + BATCH])
+        patient(client.log_batch, run_id, metrics=metrics[i:i + BATCH])
 
 
 def experiment_id(client, name: str, artifacts) -> str:
@@ -227,7 +240,7 @@ def _numbers(row: dict, step: int, prefix: str = "") -> list:
             if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
-def _last_step(client, run_id: str, key: str) -> int:
+def last_step(client, run_id: str, key: str) -> int:
     return max((m.step for m in patient(client.get_metric_history, run_id, key)), default=-1)
 
 
@@ -299,8 +312,7 @@ def end_left_running(log_cfg, run_dir, status: str) -> None:
     mine = recorded(run_dir)
     if not (log_cfg.mlflow and mine.get("run_id")) or status not in ENDS:
         return
-    where = spooled(settings(log_cfg, experiment_option(run_dir), os.getcwd(), mine.get("forward_to") or mine.get("uri")),
-                    log_cfg, run_dir)
+    where = where_for(log_cfg, run_dir)
     if shown(where["uri"]) != mine.get("uri"):
         return
     tracker = Tracker(where["uri"])
@@ -322,8 +334,8 @@ def _open(tracker: Tracker, hook: MlflowHook, rows: list) -> None:
     if tracker.run_id and exists(client, tracker.run_id):
         patient(client.update_run, tracker.run_id, status="RUNNING")
         _params_again(tracker, hook.params)
-        tracker.floor = {"epoch": _last_step(client, tracker.run_id, "epoch"),
-                         "batch": _last_step(client, tracker.run_id, "batch_loss")}
+        tracker.floor = {"epoch": last_step(client, tracker.run_id, "epoch"),
+                         "batch": last_step(client, tracker.run_id, "batch_loss")}
     else:
         provenance = read_json(run_dir / PROVENANCE).get("code") or {}
         commit = ((provenance.get("project") or provenance.get("trainforge") or {}).get("commit"))
@@ -331,7 +343,7 @@ def _open(tracker: Tracker, hook: MlflowHook, rows: list) -> None:
                 **({"mlflow.source.git.commit": commit} if commit else {}),
                 **({"mlflow.parentRunId": os.environ[PARENT_ENV]} if os.environ.get(PARENT_ENV) else {})}
         create_run(tracker, hook.where, hook.name, tags)
-        _log_params(tracker, hook.params)
+        log_params(client, tracker.run_id, hook.params)
     hook.run_id = tracker.run_id
     before = recorded(run_dir) if recorded(run_dir).get("run_id") == tracker.run_id else {}  # (what was forwarded)
     hook.record.json(MLFLOW, {**before, "uri": shown(tracker.uri), "experiment": hook.where["experiment"],
@@ -364,12 +376,13 @@ def exists(client, run_id: str) -> bool:
         return False
 
 
-def _log_params(tracker: Tracker, params: dict) -> None:
+def log_params(client, run_id: str, params: dict) -> None:
+    """``params`` (name -> text) in calls of up to MLflow's 100."""
     from mlflow.entities import Param
 
     items = [Param(k, v) for k, v in params.items()]
     for i in range(0, len(items), PARAMS):
-        patient(tracker.client.log_batch, tracker.run_id, params=items[i:i + PARAMS])
+        patient(client.log_batch, run_id, params=items[i:i + PARAMS])
 
 
 def _params_again(tracker: Tracker, params: dict) -> None:
@@ -378,7 +391,7 @@ def _params_again(tracker: Tracker, params: dict) -> None:
     from mlflow.entities import RunTag
 
     before = patient(tracker.client.get_run, tracker.run_id).data.params
-    _log_params(tracker, {k: v for k, v in params.items() if k not in before})
+    log_params(tracker.client, tracker.run_id, {k: v for k, v in params.items() if k not in before})
     tags = [RunTag(f"changed_on_resume.{k}", f"{before[k]} -> {v}"[:PARAM_LEN]) for k, v in params.items()
             if k in before and before[k] != v]
     if tags:

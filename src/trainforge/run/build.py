@@ -332,10 +332,7 @@ def tracking_hook(cfg, record, logs):
     from trainforge.engine import tracking
 
     logger = next(h for h in logs if isinstance(h, LoggingHook))
-    before = tracking.recorded(record.run_dir)
-    where = tracking.settings(cfg.log, tracking.experiment_option(record.run_dir), os.getcwd(),
-                              before.get("forward_to") or before.get("uri"))
-    where = tracking.spooled(where, cfg.log, record.run_dir)
+    where = tracking.where_for(cfg.log, record.run_dir)
     params = tracking.flat_params(OmegaConf.to_container(cfg, resolve=True))
     run_dir = record.run_dir
     name = f"{run_dir.parent.name}/{run_dir.name}" if os.environ.get(tracking.PARENT_ENV) else run_dir.name

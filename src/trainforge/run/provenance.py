@@ -202,8 +202,8 @@ def write(record, cfg, sources) -> list:
     run_dir = record.run_dir
     now = collect(cfg, sources)
     diffs = {who: (now["code"].get(who) or {}).pop("diff", None) for who in ("project", "trainforge")}
-    last = latest(run_dir)
-    starts = 0 if last is None else 1 + starts_resumed(run_dir)  # the records before this one
+    before = records(run_dir)
+    last, starts = (before or [None])[-1], len(before)  # starts: the records before this one
     for who, diff in diffs.items():
         if diff:
             name = f"provenance_{who}{'' if not starts else f'_resume{starts}'}.diff"
@@ -235,11 +235,6 @@ def warnings(last: dict | None, now: dict, run_dir: Path) -> list:
     return out
 
 
-def starts_resumed(run_dir: Path) -> int:
-    resumes = run_dir / RESUMES
-    return len(resumes.read_text().splitlines()) if resumes.exists() else 0
-
-
 def records(run_dir: Path) -> list:
     """Every start's record, the first one's (``provenance.json``) first."""
     first = run_dir / FILE
@@ -250,10 +245,4 @@ def records(run_dir: Path) -> list:
 
 def latest(run_dir: Path) -> dict | None:
     """The last start's record (None for a run without one: new, or made before provenance)."""
-    resumes = run_dir / RESUMES
-    if resumes.exists():
-        lines = resumes.read_text().splitlines()
-        if lines:
-            return json.loads(lines[-1])
-    path = run_dir / FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    return (records(run_dir) or [None])[-1]

@@ -220,8 +220,8 @@ class _Run:
         if not self.opened:
             _preemption(trainer).arm()  # a signal from RUNNING on saves a checkpoint
             self.open(cfg)
-        for hook in (h for h in trainer.hooks if isinstance(h, LoggingHook)):
-            hook.note = "\n  ".join(self._provenance_warnings() + self._opened_data(h5.OPENED[opened:]))
+        logging_hook = next(h for h in trainer.hooks if isinstance(h, LoggingHook))  # (every run has one)
+        logging_hook.note = "\n  ".join(self._provenance_warnings() + self._opened_data(h5.OPENED[opened:]))
         self.log.info("Device: %s - precision: %s - parameters: %d - train batches/epoch: %d",
                       trainer.device, trainer.precision.mode, sum(p.numel() for p in trainer.params),
                       trainer.batches_per_epoch)
